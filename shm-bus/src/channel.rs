@@ -1,0 +1,632 @@
+//! Channel files: naming, creating (producer), attaching (readers) and
+//! validating them.
+//!
+//! A producer builds both files under temporary names and renames them into
+//! place (`.readers` first, then `.ring`), so nobody ever sees a half-made
+//! file. An older file of the same channel is never truncated (that would
+//! SIGBUS its readers): it is marked REPLACED and unlinked by the rename,
+//! and its readers reattach to the new one.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{AttachError, CreateError};
+use crate::layout::{
+    self, FORMAT_VERSION, MAX_CAPACITY, MAX_NAME, MAX_READER_SLOTS, MAX_SHARDS, MIN_CAPACITY, PAGE,
+    READERS_HEADER_SIZE, READERS_MAGIC, RING_MAGIC, channel_header as ch, channel_state,
+    readers_header as rh,
+};
+use crate::liveness;
+use crate::ring::{Arc, ChannelWords, Mapping, Region, ShardMem, Slots, set_channel_state};
+
+/// The environment variable that overrides the default bus directory.
+pub const BUS_ENV: &str = "RINGEST_BUS";
+/// Where channels live unless told otherwise.
+pub const DEFAULT_BUS_DIR: &str = "/dev/shm/ringest";
+
+/// A bus directory: the namespace that channels live in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusDir {
+    path: PathBuf,
+}
+
+impl BusDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// `$RINGEST_BUS`, or `/dev/shm/ringest`.
+    pub fn from_env() -> Self {
+        match std::env::var_os(BUS_ENV) {
+            Some(dir) if !dir.is_empty() => Self::new(dir),
+            _ => Self::new(DEFAULT_BUS_DIR),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The data file of channel `name` (which must be valid).
+    pub fn ring_path(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.ring"))
+    }
+
+    /// The reader-slot file of channel `name` (which must be valid).
+    pub fn readers_path(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.readers"))
+    }
+}
+
+impl Default for BusDir {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+/// Checks a channel name: `/`-separated components of ASCII letters, digits,
+/// `_`, `-` and `.`, none empty or starting with `.`, at most 255 bytes.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > MAX_NAME {
+        return Err("longer than 255 bytes");
+    }
+    for part in name.split('/') {
+        if part.is_empty() {
+            return Err("empty path component");
+        }
+        if part.starts_with('.') {
+            return Err("a component starts with '.'");
+        }
+        if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+            return Err("only ASCII letters, digits, '_', '-', '.' and '/' are allowed");
+        }
+    }
+    Ok(())
+}
+
+/// How a producer lays out a new channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// One shard per producer thread (1..=64).
+    pub shards: u32,
+    /// Data ring bytes per shard: a power of two, at least 4096. A record's
+    /// payload may be up to half of it, minus its 32-byte header.
+    pub capacity: u64,
+    /// How many readers can attach at once (1..=1024).
+    pub reader_slots: u32,
+    /// Permission bits of the `.ring` file (default 0600). Whoever may read
+    /// it also gets write access to the `.readers` file, which readers need
+    /// to register.
+    pub mode: u32,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600 }
+    }
+}
+
+impl ChannelOptions {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(format!("shards must be 1..={MAX_SHARDS}, got {}", self.shards));
+        }
+        if !self.capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&self.capacity) {
+            return Err(format!(
+                "capacity must be a power of two in {MIN_CAPACITY}..={MAX_CAPACITY}, got {}",
+                self.capacity
+            ));
+        }
+        if !(1..=MAX_READER_SLOTS).contains(&self.reader_slots) {
+            return Err(format!("reader_slots must be 1..={MAX_READER_SLOTS}, got {}", self.reader_slots));
+        }
+        if self.mode & !0o777 != 0 || self.mode & 0o600 != 0o600 {
+            return Err(format!("mode must be within 0777 and include 0600, got {:o}", self.mode));
+        }
+        Ok(())
+    }
+}
+
+/// Producer state of a channel file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// A producer owns it (it may have died: see `producer_alive`).
+    Live,
+    /// The producer ended it: no more records.
+    Ended,
+    /// A newer producer replaced it.
+    Replaced,
+    /// A value this build does not know.
+    Unknown(u32),
+}
+
+impl ChannelState {
+    pub(crate) fn from_raw(v: u32) -> Self {
+        match v {
+            channel_state::LIVE => Self::Live,
+            channel_state::ENDED => Self::Ended,
+            channel_state::REPLACED => Self::Replaced,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// The immutable part of a channel header, copied out and validated once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) name: String,
+    pub(crate) shards: u32,
+    pub(crate) reader_slots: u32,
+    pub(crate) capacity: u64,
+    pub(crate) generation: u64,
+    pub(crate) producer_pid: u32,
+    pub(crate) producer_start_time: u64,
+    pub(crate) producer_pid_ns: u64,
+    pub(crate) created_realtime_ns: u64,
+}
+
+impl Geometry {
+    pub(crate) fn producer_identity(&self) -> crate::ring::ReaderIdentity {
+        crate::ring::ReaderIdentity {
+            pid: self.producer_pid,
+            start_time: self.producer_start_time,
+            pid_ns: self.producer_pid_ns,
+        }
+    }
+}
+
+fn u32_at(buf: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(buf[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(buf: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(buf[off..off + 8].try_into().expect("8 bytes"))
+}
+
+fn put_u32(buf: &mut [u8], off: usize, v: u32) {
+    buf[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], off: usize, v: u64) {
+    buf[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A mapped channel: both files, validated.
+#[derive(Debug)]
+pub(crate) struct ChannelMap {
+    pub(crate) geometry: Geometry,
+    pub(crate) ring_path: PathBuf,
+    /// (device, inode) of the `.ring` file we mapped, to notice replacement.
+    pub(crate) ring_id: (u64, u64),
+    pub(crate) words: ChannelWords,
+    pub(crate) slots: Slots,
+    pub(crate) shards: Vec<ShardMem>,
+}
+
+impl ChannelMap {
+    fn from_mappings(
+        geometry: Geometry,
+        ring_path: PathBuf,
+        ring_id: (u64, u64),
+        ring: Mapping,
+        readers: Mapping,
+    ) -> Self {
+        let ring = Region::whole(Arc::new(ring));
+        let readers = Region::whole(Arc::new(readers));
+        let stride = (PAGE + geometry.capacity) as usize;
+        let shards = (0..geometry.shards as usize)
+            .map(|i| {
+                let base = PAGE as usize + i * stride;
+                ShardMem {
+                    header: ring.sub(base, PAGE as usize),
+                    data: ring.sub(base + PAGE as usize, geometry.capacity as usize),
+                    capacity: geometry.capacity,
+                }
+            })
+            .collect();
+        let slot_size = layout::reader_slot_size(geometry.shards) as usize;
+        let slot_count = geometry.reader_slots as usize;
+        let slots = Slots {
+            region: readers.sub(READERS_HEADER_SIZE as usize, slot_count * slot_size),
+            count: slot_count,
+            slot_size,
+            shards: geometry.shards as usize,
+        };
+        let words = ChannelWords {
+            channel: ring.sub(0, PAGE as usize),
+            readers: readers.sub(0, READERS_HEADER_SIZE as usize),
+        };
+        Self { geometry, ring_path, ring_id, words, slots, shards }
+    }
+
+    pub(crate) fn state(&self) -> ChannelState {
+        ChannelState::from_raw(self.words.state())
+    }
+
+    /// Whether the file we mapped is still the one at the channel's path.
+    pub(crate) fn is_current(&self) -> bool {
+        std::fs::metadata(&self.ring_path).is_ok_and(|m| (m.dev(), m.ino()) == self.ring_id)
+    }
+}
+
+fn create_io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CreateError + 'a {
+    move |source| CreateError::Io { op, path: path.to_owned(), source }
+}
+
+fn attach_io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AttachError + 'a {
+    move |source| AttachError::Io { op, path: path.to_owned(), source }
+}
+
+/// A name for a temporary file next to `path`, unique to this process.
+fn temp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Relaxed: only uniqueness within this process matters.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{file}.tmp.{}.{n}", std::process::id()))
+}
+
+/// Creates `path` anew with exactly `mode` and `size` zero bytes, fills its
+/// head with `header`, and renames it into place.
+fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), CreateError> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(create_io("create", &tmp))?;
+        // The umask may have masked bits off: set exactly what was asked.
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(create_io("chmod", &tmp))?;
+        file.set_len(size).map_err(create_io("resize", &tmp))?;
+        let map = Mapping::map(&file, true).map_err(create_io("map", &tmp))?;
+        map.copy_in(0, header);
+        std::fs::rename(&tmp, path).map_err(create_io("rename into place", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Looks at an existing channel file before replacing it. Fails when a live
+/// producer owns it; marks it REPLACED (waking its readers) when not.
+fn retire_old(name: &str, path: &Path) -> Result<(), CreateError> {
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
+        return Ok(()); // absent (or unreadable: the rename replaces it anyway)
+    };
+    let Ok((geometry, _)) = read_geometry(&file, path) else {
+        return Ok(()); // corrupt or foreign: nothing can be attached to it
+    };
+    if liveness::pid_alive(&geometry.producer_identity()) != Some(false)
+        && geometry.producer_pid != std::process::id()
+    {
+        return Err(CreateError::Busy {
+            name: name.to_owned(),
+            pid: geometry.producer_pid,
+            path: path.to_owned(),
+        });
+    }
+    if let Ok(map) = Mapping::map(&file, true) {
+        let page = Region::whole(Arc::new(map)).sub(0, PAGE as usize);
+        set_channel_state(&page, channel_state::REPLACED);
+    }
+    Ok(())
+}
+
+/// A fresh generation number: random, never zero.
+fn new_generation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(liveness::realtime_ns());
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+/// Creates (or re-creates) channel `name` and maps it for its producer.
+pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<ChannelMap, CreateError> {
+    validate_name(name).map_err(|reason| CreateError::InvalidName { name: name.to_owned(), reason })?;
+    opts.validate().map_err(|reason| CreateError::InvalidOptions { name: name.to_owned(), reason })?;
+    let ring_path = bus.ring_path(name);
+    let readers_path = bus.readers_path(name);
+    if let Some(dir) = ring_path.parent() {
+        std::fs::create_dir_all(dir).map_err(create_io("create directory", dir))?;
+    }
+    retire_old(name, &ring_path)?;
+
+    let me = liveness::own_identity();
+    let generation = new_generation();
+    let readers_mode = opts.mode | ((opts.mode & 0o044) << 1);
+
+    let mut rhdr = vec![0u8; READERS_HEADER_SIZE as usize];
+    rhdr[rh::MAGIC..rh::MAGIC + 8].copy_from_slice(&READERS_MAGIC);
+    put_u32(&mut rhdr, rh::VERSION, FORMAT_VERSION);
+    put_u32(&mut rhdr, rh::HEADER_SIZE, READERS_HEADER_SIZE as u32);
+    put_u32(&mut rhdr, rh::SLOT_COUNT, opts.reader_slots);
+    put_u32(&mut rhdr, rh::SLOT_SIZE, layout::reader_slot_size(opts.shards) as u32);
+    put_u32(&mut rhdr, rh::SHARD_COUNT, opts.shards);
+    put_u64(&mut rhdr, rh::GENERATION, generation);
+    let readers_size = layout::readers_file_size(opts.shards, opts.reader_slots);
+    create_file(&readers_path, readers_mode, readers_size, &rhdr)?;
+
+    let mut chdr = vec![0u8; ch::END];
+    chdr[ch::MAGIC..ch::MAGIC + 8].copy_from_slice(&RING_MAGIC);
+    put_u32(&mut chdr, ch::VERSION, FORMAT_VERSION);
+    put_u32(&mut chdr, ch::HEADER_SIZE, PAGE as u32);
+    put_u32(&mut chdr, ch::SHARD_COUNT, opts.shards);
+    put_u32(&mut chdr, ch::READER_SLOTS, opts.reader_slots);
+    put_u64(&mut chdr, ch::SHARD_CAPACITY, opts.capacity);
+    put_u64(&mut chdr, ch::SHARD_STRIDE, PAGE + opts.capacity);
+    put_u64(&mut chdr, ch::FILE_SIZE, layout::ring_file_size(opts.shards, opts.capacity));
+    put_u64(&mut chdr, ch::GENERATION, generation);
+    put_u32(&mut chdr, ch::PRODUCER_PID, me.pid);
+    put_u64(&mut chdr, ch::PRODUCER_START_TIME, me.start_time);
+    put_u64(&mut chdr, ch::CREATED_REALTIME_NS, liveness::realtime_ns());
+    put_u32(&mut chdr, ch::STATE, channel_state::LIVE);
+    put_u32(&mut chdr, ch::NAME_LEN, name.len() as u32);
+    put_u64(&mut chdr, ch::PRODUCER_PID_NS, me.pid_ns);
+    chdr[ch::NAME..ch::NAME + name.len()].copy_from_slice(name.as_bytes());
+    let ring_size = layout::ring_file_size(opts.shards, opts.capacity);
+    create_file(&ring_path, opts.mode, ring_size, &chdr)?;
+
+    // Map what we just renamed into place. A racing producer of the same
+    // name would show up as a different generation here.
+    let map = attach_files(name, &ring_path, &readers_path, true).map_err(|e| CreateError::Io {
+        op: "map new channel",
+        path: ring_path.clone(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    if map.geometry.generation != generation {
+        return Err(CreateError::Busy {
+            name: name.to_owned(),
+            pid: map.geometry.producer_pid,
+            path: ring_path,
+        });
+    }
+    Ok(map)
+}
+
+/// Reads and validates the immutable channel header of an open `.ring` file.
+fn read_geometry(file: &File, path: &Path) -> Result<(Geometry, u64), AttachError> {
+    let size = file.metadata().map_err(attach_io("stat", path))?.len();
+    if size < PAGE {
+        return Err(AttachError::Truncated { path: path.to_owned(), expected: PAGE, actual: size });
+    }
+    let map = Mapping::map(file, false).map_err(attach_io("map", path))?;
+    let mut h = [0u8; ch::END];
+    map.copy_out(0, &mut h);
+    let corrupt = |what: String| AttachError::Corrupt { path: path.to_owned(), what };
+    let magic: [u8; 8] = h[..8].try_into().expect("8 bytes");
+    if magic != RING_MAGIC {
+        return Err(AttachError::BadMagic { path: path.to_owned(), found: magic });
+    }
+    let version = u32_at(&h, ch::VERSION);
+    if version != FORMAT_VERSION {
+        return Err(AttachError::BadVersion {
+            path: path.to_owned(),
+            found: version,
+            expected: FORMAT_VERSION,
+        });
+    }
+    if u32_at(&h, ch::HEADER_SIZE) as u64 != PAGE {
+        return Err(corrupt(format!("header size {} is not {PAGE}", u32_at(&h, ch::HEADER_SIZE))));
+    }
+    let shards = u32_at(&h, ch::SHARD_COUNT);
+    let reader_slots = u32_at(&h, ch::READER_SLOTS);
+    let capacity = u64_at(&h, ch::SHARD_CAPACITY);
+    if !(1..=MAX_SHARDS).contains(&shards) {
+        return Err(corrupt(format!("shard count {shards} outside 1..={MAX_SHARDS}")));
+    }
+    if !(1..=MAX_READER_SLOTS).contains(&reader_slots) {
+        return Err(corrupt(format!("reader slot count {reader_slots} outside 1..={MAX_READER_SLOTS}")));
+    }
+    if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+        return Err(corrupt(format!("shard capacity {capacity} is not a power of two in range")));
+    }
+    if u64_at(&h, ch::SHARD_STRIDE) != PAGE + capacity {
+        return Err(corrupt(format!(
+            "shard stride {} is not {}",
+            u64_at(&h, ch::SHARD_STRIDE),
+            PAGE + capacity
+        )));
+    }
+    let expected = layout::ring_file_size(shards, capacity);
+    if u64_at(&h, ch::FILE_SIZE) != expected {
+        return Err(corrupt(format!("file size field {} is not {expected}", u64_at(&h, ch::FILE_SIZE))));
+    }
+    if size < expected {
+        return Err(AttachError::Truncated { path: path.to_owned(), expected, actual: size });
+    }
+    if size > expected {
+        return Err(corrupt(format!("file is {size} bytes, its header says {expected}")));
+    }
+    let name_len = u32_at(&h, ch::NAME_LEN) as usize;
+    if name_len > MAX_NAME {
+        return Err(corrupt(format!("name length {name_len} exceeds {MAX_NAME}")));
+    }
+    let name = std::str::from_utf8(&h[ch::NAME..ch::NAME + name_len])
+        .map_err(|_| corrupt("channel name is not UTF-8".into()))?
+        .to_owned();
+    let geometry = Geometry {
+        name,
+        shards,
+        reader_slots,
+        capacity,
+        generation: u64_at(&h, ch::GENERATION),
+        producer_pid: u32_at(&h, ch::PRODUCER_PID),
+        producer_start_time: u64_at(&h, ch::PRODUCER_START_TIME),
+        producer_pid_ns: u64_at(&h, ch::PRODUCER_PID_NS),
+        created_realtime_ns: u64_at(&h, ch::CREATED_REALTIME_NS),
+    };
+    Ok((geometry, size))
+}
+
+/// Reads and validates the readers header against the channel's geometry.
+fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, AttachError> {
+    let size = file.metadata().map_err(attach_io("stat", path))?.len();
+    if size < READERS_HEADER_SIZE {
+        return Err(AttachError::Truncated {
+            path: path.to_owned(),
+            expected: READERS_HEADER_SIZE,
+            actual: size,
+        });
+    }
+    let map = Mapping::map(file, false).map_err(attach_io("map", path))?;
+    let mut h = [0u8; rh::END];
+    map.copy_out(0, &mut h);
+    let magic: [u8; 8] = h[..8].try_into().expect("8 bytes");
+    if magic != READERS_MAGIC {
+        return Err(AttachError::BadMagic { path: path.to_owned(), found: magic });
+    }
+    let version = u32_at(&h, rh::VERSION);
+    if version != FORMAT_VERSION {
+        return Err(AttachError::BadVersion {
+            path: path.to_owned(),
+            found: version,
+            expected: FORMAT_VERSION,
+        });
+    }
+    let corrupt = |what: String| AttachError::Corrupt { path: path.to_owned(), what };
+    if u32_at(&h, rh::HEADER_SIZE) as u64 != READERS_HEADER_SIZE
+        || u32_at(&h, rh::SLOT_COUNT) != g.reader_slots
+        || u32_at(&h, rh::SHARD_COUNT) != g.shards
+        || u32_at(&h, rh::SLOT_SIZE) as u64 != layout::reader_slot_size(g.shards)
+    {
+        return Err(corrupt("readers header disagrees with the channel header".into()));
+    }
+    let expected = layout::readers_file_size(g.shards, g.reader_slots);
+    if size != expected {
+        return Err(AttachError::Truncated { path: path.to_owned(), expected, actual: size });
+    }
+    Ok(u64_at(&h, rh::GENERATION))
+}
+
+/// Outcome of one attach attempt.
+enum Attempt {
+    Done(Box<ChannelMap>),
+    /// Files of two different producers (a replacement is under way).
+    Mismatch,
+}
+
+fn attach_once(
+    name: &str,
+    ring_path: &Path,
+    readers_path: &Path,
+    producer: bool,
+) -> Result<Attempt, AttachError> {
+    let ring_file = match File::open(ring_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(AttachError::NotFound { name: name.to_owned(), path: ring_path.to_owned() });
+        }
+        Err(e) => return Err(AttachError::Io { op: "open", path: ring_path.to_owned(), source: e }),
+    };
+    let (geometry, _) = read_geometry(&ring_file, ring_path)?;
+    let readers_file = match OpenOptions::new().read(true).write(true).open(readers_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
+        Err(e) => {
+            return Err(AttachError::Io {
+                op: "open for writing (readers register there)",
+                path: readers_path.to_owned(),
+                source: e,
+            });
+        }
+    };
+    if check_readers_header(&readers_file, readers_path, &geometry)? != geometry.generation {
+        return Ok(Attempt::Mismatch);
+    }
+    let meta = ring_file.metadata().map_err(attach_io("stat", ring_path))?;
+    let ring_id = (meta.dev(), meta.ino());
+    let ring_map = if producer {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(ring_path)
+            .map_err(attach_io("open", ring_path))?;
+        Mapping::map(&f, true)
+    } else {
+        Mapping::map(&ring_file, false)
+    }
+    .map_err(attach_io("map", ring_path))?;
+    let readers_map = Mapping::map(&readers_file, true).map_err(attach_io("map", readers_path))?;
+    // The sizes were checked on the same open files, and the producer never
+    // resizes a file after renaming it into place.
+    if ring_map.len() as u64 != layout::ring_file_size(geometry.shards, geometry.capacity) {
+        return Err(AttachError::Truncated {
+            path: ring_path.to_owned(),
+            expected: layout::ring_file_size(geometry.shards, geometry.capacity),
+            actual: ring_map.len() as u64,
+        });
+    }
+    let map = ChannelMap::from_mappings(geometry, ring_path.to_owned(), ring_id, ring_map, readers_map);
+    if !producer && map.state() == ChannelState::Replaced {
+        return Ok(Attempt::Mismatch);
+    }
+    Ok(Attempt::Done(Box::new(map)))
+}
+
+fn attach_files(
+    name: &str,
+    ring_path: &Path,
+    readers_path: &Path,
+    producer: bool,
+) -> Result<ChannelMap, AttachError> {
+    // A producer replacing the channel renames two files one after the
+    // other; give it a moment to finish.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match attach_once(name, ring_path, readers_path, producer)? {
+            Attempt::Done(map) => return Ok(*map),
+            Attempt::Mismatch if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Attempt::Mismatch => return Err(AttachError::NotSettled { name: name.to_owned() }),
+        }
+    }
+}
+
+/// Maps an existing channel for reading.
+pub(crate) fn attach(bus: &BusDir, name: &str) -> Result<ChannelMap, AttachError> {
+    validate_name(name).map_err(|reason| AttachError::InvalidName { name: name.to_owned(), reason })?;
+    attach_files(name, &bus.ring_path(name), &bus.readers_path(name), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("lidar_front/packet_group").is_ok());
+        assert!(validate_name("a.b-c/d_e/1").is_ok());
+        for bad in ["", "/a", "a/", "a//b", "../x", "a/.hidden", "a b", "ä"] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_name(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn options() {
+        assert!(ChannelOptions::default().validate().is_ok());
+        let bad = [
+            ChannelOptions { shards: 0, ..Default::default() },
+            ChannelOptions { shards: 65, ..Default::default() },
+            ChannelOptions { capacity: 5000, ..Default::default() },
+            ChannelOptions { capacity: 2048, ..Default::default() },
+            ChannelOptions { reader_slots: 0, ..Default::default() },
+            ChannelOptions { mode: 0o400, ..Default::default() },
+            ChannelOptions { mode: 0o1600, ..Default::default() },
+        ];
+        for opts in bad {
+            assert!(opts.validate().is_err(), "{opts:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The byte layout of a channel's two files, as constants.
+//!
+//! `FORMAT.md` in this crate documents the same layout for readers written in
+//! other languages; the `#[repr(C)]` views in [`crate::ring`] are checked
+//! against these offsets at compile time, so the three cannot drift apart.
+//!
+//! A channel `a/b` in bus directory `D` is two files:
+//! - `D/a/b.ring`: the channel header page, then one shard per producer
+//!   thread (a shard header page followed by the shard's data ring). Only the
+//!   producer writes it; readers map it read-only.
+//! - `D/a/b.readers`: the readers header, then one slot per attached reader.
+//!   Readers write their own slot; the producer reads the slots to gate.
+
+/// First 8 bytes of a `.ring` file.
+pub const RING_MAGIC: [u8; 8] = *b"RNGSTBUS";
+/// First 8 bytes of a `.readers` file.
+pub const READERS_MAGIC: [u8; 8] = *b"RNGSTRDR";
+/// Layout version; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of the channel header and of each shard header: one page, so every
+/// data ring starts page aligned.
+pub const PAGE: u64 = 4096;
+/// Size of the readers file header.
+pub const READERS_HEADER_SIZE: u64 = 256;
+
+/// Bytes of a record header in the data ring.
+pub const RECORD_HEADER: u64 = 32;
+/// Records start, and payloads are padded, to this alignment.
+pub const RECORD_ALIGN: u64 = 8;
+/// `kind` of a padding record that fills the end of the ring so that the
+/// next record starts at offset 0 (records never wrap).
+pub const KIND_PADDING: u16 = 0xFFFF;
+
+/// Most shards (producer threads) one channel can have.
+pub const MAX_SHARDS: u32 = 64;
+/// Most reader slots one channel can have.
+pub const MAX_READER_SLOTS: u32 = 1024;
+/// Smallest and largest data ring per shard.
+pub const MIN_CAPACITY: u64 = 4096;
+pub const MAX_CAPACITY: u64 = 1 << 40;
+/// Longest channel name, in bytes.
+pub const MAX_NAME: usize = 255;
+
+/// `ChannelHeader.state` values.
+pub mod channel_state {
+    /// A producer owns the channel and may still write.
+    pub const LIVE: u32 = 1;
+    /// The producer ended gracefully: no more records will come.
+    pub const ENDED: u32 = 2;
+    /// A newer producer replaced this file; readers must reattach.
+    pub const REPLACED: u32 = 3;
+}
+
+/// `ReaderSlot.state` values.
+pub mod slot_state {
+    pub const FREE: u32 = 0;
+    /// Being filled in by a reader that just claimed it.
+    pub const CLAIMING: u32 = 1;
+    /// A lossy reader: visible to introspection, ignored by the producer.
+    pub const LOSSY: u32 = 2;
+    /// A gated (lossless) reader: the producer never overwrites what it has
+    /// not released.
+    pub const GATED: u32 = 3;
+}
+
+/// Byte offsets inside the channel header (file offset 0).
+pub mod channel_header {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HEADER_SIZE: usize = 12;
+    pub const SHARD_COUNT: usize = 16;
+    pub const READER_SLOTS: usize = 20;
+    pub const SHARD_CAPACITY: usize = 24;
+    pub const SHARD_STRIDE: usize = 32;
+    pub const FILE_SIZE: usize = 40;
+    pub const GENERATION: usize = 48;
+    pub const PRODUCER_PID: usize = 56;
+    pub const PRODUCER_START_TIME: usize = 64;
+    pub const CREATED_REALTIME_NS: usize = 72;
+    pub const STATE: usize = 80;
+    pub const NOTIFY: usize = 84;
+    pub const NAME_LEN: usize = 88;
+    pub const PRODUCER_PID_NS: usize = 96;
+    pub const REAPED_READERS: usize = 104;
+    pub const NAME: usize = 128;
+    pub const END: usize = NAME + super::MAX_NAME + 1;
+}
+
+/// Byte offsets inside a shard header (at `PAGE + i * shard_stride`).
+pub mod shard_header {
+    /// Published end: every record below it is committed. Producer line.
+    pub const WRITE_POS: usize = 0;
+    /// Oldest position that lossy readers may still read. Own line.
+    pub const TAIL_POS: usize = 64;
+    pub const RECORDS_WRITTEN: usize = 128;
+    pub const BYTES_WRITTEN: usize = 136;
+    pub const LAST_RECORD_POS: usize = 144;
+    pub const FULL_COUNT: usize = 152;
+    pub const PUBLISH_COUNT: usize = 160;
+    pub const END: usize = 192;
+}
+
+/// Byte offsets inside a record header (at `data + (pos & (capacity - 1))`).
+pub mod record_header {
+    /// The record's ring position: a stamp that tells a live record from a
+    /// stale one left by an earlier lap.
+    pub const POS: usize = 0;
+    /// Payload length (u32), then kind (u16), then flags (u16): one u64 word.
+    pub const LEN_KIND_FLAGS: usize = 8;
+    pub const SEQ: usize = 16;
+    pub const TIMESTAMP_NS: usize = 24;
+}
+
+/// Byte offsets inside the readers header (file offset 0 of `.readers`).
+pub mod readers_header {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HEADER_SIZE: usize = 12;
+    pub const SLOT_COUNT: usize = 16;
+    pub const SLOT_SIZE: usize = 20;
+    pub const SHARD_COUNT: usize = 24;
+    pub const GENERATION: usize = 32;
+    /// Bumped by every gated registration (own cache line).
+    pub const REGISTRATIONS: usize = 64;
+    /// Number of readers blocked in a futex wait (own cache line).
+    pub const WAITERS: usize = 128;
+    pub const END: usize = 192;
+}
+
+/// Byte offsets inside a reader slot (at `READERS_HEADER_SIZE + i * slot_size`).
+pub mod reader_slot {
+    pub const STATE: usize = 0;
+    pub const PID: usize = 4;
+    pub const START_TIME: usize = 8;
+    pub const PID_NS: usize = 16;
+    pub const HEARTBEAT_NS: usize = 24;
+    pub const LOST: usize = 32;
+    pub const RECEIVED: usize = 40;
+    pub const ATTACHED_REALTIME_NS: usize = 48;
+    /// Per shard: `position` (u64) then `next_seq` (u64).
+    pub const SHARDS: usize = 64;
+    pub const PER_SHARD: usize = 16;
+}
+
+/// Bytes one reader slot takes for `shards` shards, a whole number of cache
+/// lines so that two readers never share a line.
+pub const fn reader_slot_size(shards: u32) -> u64 {
+    let raw = reader_slot::SHARDS as u64 + reader_slot::PER_SHARD as u64 * shards as u64;
+    raw.div_ceil(64) * 64
+}
+
+/// Total size of a record with `len` payload bytes.
+pub const fn record_size(len: u64) -> u64 {
+    RECORD_HEADER + len.next_multiple_of(RECORD_ALIGN)
+}
+
+/// Largest payload a shard of `capacity` bytes accepts. Half the ring, so
+/// that padding to the wrap never needs more than the whole ring.
+pub const fn max_payload(capacity: u64) -> u64 {
+    capacity / 2 - RECORD_HEADER
+}
+
+/// Size of a `.ring` file.
+pub const fn ring_file_size(shards: u32, capacity: u64) -> u64 {
+    PAGE + shards as u64 * (PAGE + capacity)
+}
+
+/// Size of a `.readers` file.
+pub const fn readers_file_size(shards: u32, slots: u32) -> u64 {
+    READERS_HEADER_SIZE + slots as u64 * reader_slot_size(shards)
+}

@@ -1,0 +1,280 @@
+//! The producer side: a [`Producer`] owns a channel; each of its
+//! [`ShardWriter`]s is the single writer of one shard, used by one thread.
+//!
+//! Writing follows reserve → fill → commit → publish:
+//!
+//! ```no_run
+//! # use shm_bus::{BusDir, ChannelOptions, Producer};
+//! let producer = Producer::create(&BusDir::from_env(), "demo/records", ChannelOptions::default())?;
+//! let mut writer = producer.shard(0)?;
+//! let mut slot = writer.reserve(65536)?;       // space in the shared ring
+//! let n = 3; slot.buf()[..n].copy_from_slice(b"abc"); // e.g. recv(2) into it
+//! slot.commit(n, 1);                           // length and kind; not visible yet
+//! writer.publish();                            // the batch becomes visible at once
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::channel::{self, BusDir, ChannelMap, ChannelOptions};
+use crate::error::{CreateError, ReserveError};
+use crate::layout::{self, channel_state};
+use crate::liveness;
+use crate::ring::{Arc, NoSpace, Reserved, WriterCore};
+
+/// The owner of a channel. Dropping it (or [`Producer::end`]) marks the
+/// channel ended, so readers see the end of the stream.
+pub struct Producer {
+    map: Arc<ChannelMap>,
+    name: String,
+    /// Which shards have been handed out.
+    taken: Mutex<Vec<bool>>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer").field("name", &self.name).field("generation", &self.generation()).finish()
+    }
+}
+
+impl Producer {
+    /// Creates channel `name` in `bus`, replacing the files of a dead
+    /// producer. Fails with [`CreateError::Busy`] if a live producer owns it.
+    pub fn create(bus: &BusDir, name: &str, opts: ChannelOptions) -> Result<Self, CreateError> {
+        let map = channel::create(bus, name, &opts)?;
+        Ok(Self {
+            map: Arc::new(map),
+            name: name.to_owned(),
+            taken: Mutex::new(vec![false; opts.shards as usize]),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The generation number of this producer's files (random, never 0).
+    pub fn generation(&self) -> u64 {
+        self.map.geometry.generation
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.map.geometry.shards
+    }
+
+    /// Largest payload one record can have.
+    pub fn max_payload(&self) -> usize {
+        layout::max_payload(self.map.geometry.capacity) as usize
+    }
+
+    /// Takes the writer of shard `index`. Each shard has one writer: asking
+    /// twice fails with [`CreateError::ShardTaken`].
+    pub fn shard(&self, index: u32) -> Result<ShardWriter, CreateError> {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        match taken.get_mut(index as usize) {
+            Some(t) if !*t => *t = true,
+            _ => return Err(CreateError::ShardTaken { name: self.name.clone(), shard: index }),
+        }
+        let core = WriterCore::new(
+            self.map.shards[index as usize].clone(),
+            self.map.slots.clone(),
+            self.map.words.clone(),
+            index as usize,
+            liveness::slot_holder_dead,
+        );
+        Ok(ShardWriter { core, map: self.map.clone(), shard: index })
+    }
+
+    /// Marks the channel ended: readers that have drained it see
+    /// [`crate::Event::Ended`]. Writers should be dropped (they publish what
+    /// they committed) before this.
+    pub fn end(self) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if self.map.is_current() {
+            self.map.words.set_state(channel_state::ENDED);
+        }
+    }
+}
+
+/// The single writer of one shard. `Send`, so it can move to the thread
+/// that owns it; not `Sync`.
+pub struct ShardWriter {
+    core: WriterCore,
+    map: Arc<ChannelMap>,
+    shard: u32,
+}
+
+impl fmt::Debug for ShardWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardWriter")
+            .field("channel", &self.map.geometry.name)
+            .field("shard", &self.shard)
+            .field("next_seq", &self.core.next_seq())
+            .finish()
+    }
+}
+
+/// How long [`ShardWriter::reserve_timeout`] sleeps between retries, at most.
+const MAX_RETRY_SLEEP: Duration = Duration::from_millis(1);
+
+impl ShardWriter {
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Largest payload one record can have.
+    pub fn max_payload(&self) -> usize {
+        layout::max_payload(self.core.capacity()) as usize
+    }
+
+    /// Sequence number the next committed record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.core.next_seq()
+    }
+
+    /// Reserves space for one record of up to `max_len` payload bytes. Never
+    /// blocks: [`ReserveError::Full`] means a gated reader still holds the
+    /// space (nothing was dropped; retry once it has read on).
+    pub fn reserve(&mut self, max_len: usize) -> Result<Reservation<'_>, ReserveError> {
+        let max = self.max_payload() as u64;
+        if max_len as u64 > max {
+            return Err(ReserveError::TooLarge { len: max_len as u64, max });
+        }
+        match self.core.reserve(max_len as u64) {
+            Ok(reserved) => Ok(Reservation { writer: self, reserved }),
+            Err(NoSpace::Gated { reader_pid }) => Err(ReserveError::Full {
+                shard: self.shard,
+                needed: layout::record_size(max_len as u64),
+                reader_pid,
+            }),
+        }
+    }
+
+    /// Like [`ShardWriter::reserve`], but retries while full, sleeping
+    /// between attempts (never spinning), for at most `timeout`.
+    pub fn reserve_timeout(
+        &mut self,
+        max_len: usize,
+        timeout: Duration,
+    ) -> Result<Reservation<'_>, ReserveError> {
+        let deadline = Instant::now() + timeout;
+        let mut sleep = Duration::from_micros(10);
+        loop {
+            match self.core.reserve(max_len as u64) {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => {
+                    // Publish what we hold so a reader can drain it.
+                    self.core.publish();
+                    std::thread::sleep(sleep.min(deadline.saturating_duration_since(Instant::now())));
+                    sleep = (sleep * 2).min(MAX_RETRY_SLEEP);
+                }
+                Err(_) => break,
+            }
+        }
+        self.reserve(max_len)
+    }
+
+    /// Copies `payload` into a new record of `kind` stamped now (not yet
+    /// published). Returns its sequence number.
+    pub fn write(&mut self, kind: u16, payload: &[u8]) -> Result<u64, ReserveError> {
+        self.write_at(kind, liveness::realtime_ns(), payload)
+    }
+
+    /// Like [`ShardWriter::write`] with an explicit timestamp (ns).
+    pub fn write_at(&mut self, kind: u16, timestamp_ns: u64, payload: &[u8]) -> Result<u64, ReserveError> {
+        let mut r = self.reserve(payload.len())?;
+        r.buf().copy_from_slice(payload);
+        Ok(r.commit_at(payload.len(), kind, timestamp_ns))
+    }
+
+    /// [`ShardWriter::write`], then [`ShardWriter::publish`].
+    pub fn send(&mut self, kind: u16, payload: &[u8]) -> Result<u64, ReserveError> {
+        let seq = self.write(kind, payload)?;
+        self.publish();
+        Ok(seq)
+    }
+
+    /// Makes every committed record visible to readers with one release
+    /// store, and wakes readers that sleep.
+    pub fn publish(&mut self) {
+        self.core.publish();
+    }
+
+    /// Whether committed records wait for [`ShardWriter::publish`].
+    pub fn has_unpublished(&self) -> bool {
+        self.core.has_unpublished()
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        self.core.publish();
+    }
+}
+
+/// Space for one record, reserved in the shared ring. Fill [`Reservation::buf`]
+/// (for example with `recv(2)`), then [`Reservation::commit`] a length up to
+/// its size. Dropping it without committing aborts it.
+pub struct Reservation<'w> {
+    writer: &'w mut ShardWriter,
+    reserved: Reserved,
+}
+
+impl fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("pos", &self.reserved.pos)
+            .field("len", &self.reserved.max_len)
+            .finish()
+    }
+}
+
+impl Reservation<'_> {
+    /// The reserved bytes, in the shared mapping. Their prior contents are
+    /// unspecified (old records).
+    pub fn buf(&mut self) -> &mut [u8] {
+        self.writer.core.payload_mut(&self.reserved)
+    }
+
+    /// Size of the reservation.
+    pub fn len(&self) -> usize {
+        self.reserved.max_len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reserved.max_len == 0
+    }
+
+    /// Commits the first `len` bytes as a record of `kind`, stamped with the
+    /// current `CLOCK_REALTIME`. Returns its sequence number. The record is
+    /// visible after the next [`ShardWriter::publish`].
+    ///
+    /// # Panics
+    /// If `len` exceeds the reservation or `kind` is `0xFFFF` (reserved for
+    /// padding).
+    pub fn commit(self, len: usize, kind: u16) -> u64 {
+        self.commit_at(len, kind, liveness::realtime_ns())
+    }
+
+    /// [`Reservation::commit`] with an explicit timestamp (ns since the
+    /// epoch, used by readers to merge shards).
+    pub fn commit_at(self, len: usize, kind: u16, timestamp_ns: u64) -> u64 {
+        assert!(
+            len as u64 <= self.reserved.max_len,
+            "commit of {len} bytes exceeds the reservation of {}",
+            self.reserved.max_len
+        );
+        assert!(kind != layout::KIND_PADDING, "kind 0xFFFF is reserved for padding");
+        self.writer.core.commit(self.reserved, len as u64, kind, timestamp_ns)
+    }
+
+    /// Gives the space back (same as dropping the reservation).
+    pub fn abort(self) {}
+}

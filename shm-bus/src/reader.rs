@@ -1,0 +1,494 @@
+//! The reader side: a [`Reader`] sees all shards of a channel as one stream
+//! and hands out zero-copy [`Sample`]s.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use shm_bus::{BusDir, Event, Reader, ReaderOptions};
+//! let mut reader = Reader::attach(&BusDir::from_env(), "demo/records", ReaderOptions::gated())?;
+//! loop {
+//!     match reader.recv_timeout(Duration::from_secs(1))? {
+//!         Some(Event::Record(sample)) => println!("{} bytes, seq {}", sample.payload().len(), sample.seq()),
+//!         Some(Event::Restarted { generation }) => println!("producer restarted ({generation:x})"),
+//!         Some(Event::Ended) => break,
+//!         None => {} // timeout
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::channel::{self, BusDir, ChannelMap, ChannelState};
+use crate::error::{AttachError, RecvError};
+use crate::layout::slot_state;
+use crate::liveness;
+use crate::ring::{Arc, CursorCore, Head, monotonic_ns};
+
+/// Where a new reader starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record still retained: history for late joiners.
+    Oldest,
+    /// The newest record already published (then everything after it).
+    Latest,
+    /// Only records published after attaching.
+    #[default]
+    Next,
+}
+
+/// How a reader attaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderOptions {
+    /// Gated (lossless): the producer never overwrites what this reader has
+    /// not released, and reports Full instead. Lossy readers (the default)
+    /// never slow the producer; when lapped they skip to the oldest retained
+    /// record and count what they lost.
+    pub gated: bool,
+    pub start: StartAt,
+}
+
+impl ReaderOptions {
+    pub fn lossy() -> Self {
+        Self { gated: false, start: StartAt::Next }
+    }
+
+    pub fn gated() -> Self {
+        Self { gated: true, start: StartAt::Next }
+    }
+
+    pub fn start(self, start: StartAt) -> Self {
+        Self { start, ..self }
+    }
+}
+
+/// What a reader has seen so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// Records delivered.
+    pub received: u64,
+    /// Records overwritten before this reader got to them (lossy readers).
+    pub lost: u64,
+    /// Producer restarts this reader followed.
+    pub restarts: u64,
+}
+
+/// What [`Reader::try_recv`] and friends return.
+#[derive(Debug)]
+pub enum Event<'r> {
+    /// The next record.
+    Record(Sample<'r>),
+    /// A new producer replaced the channel; the reader reattached and will
+    /// deliver the new producer's records from its oldest.
+    Restarted { generation: u64 },
+    /// The producer ended the channel and every record has been read. Keeps
+    /// being returned until a new producer starts.
+    Ended,
+}
+
+/// How often an idle reader checks whether its file was replaced, and
+/// refreshes its heartbeat.
+const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Longest single futex sleep, so idle readers keep checking the above.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Records between flushes of the reader's counters into its slot.
+const ACCOUNT_EVERY: u64 = 256;
+
+/// A reader of one channel, in any process.
+pub struct Reader {
+    bus: BusDir,
+    name: String,
+    opts: ReaderOptions,
+    map: Arc<ChannelMap>,
+    cursors: Vec<CursorCore>,
+    /// The record each cursor stands on, once peeked.
+    heads: Vec<Option<Head>>,
+    /// Our slot in the `.readers` file (a lossy reader may have none when
+    /// all slots are taken).
+    slot: Option<usize>,
+    stats: ReaderStats,
+    /// Counts not yet flushed into the slot.
+    unaccounted: (u64, u64),
+    last_idle_check: Instant,
+}
+
+impl fmt::Debug for Reader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader")
+            .field("channel", &self.name)
+            .field("opts", &self.opts)
+            .field("generation", &self.map.geometry.generation)
+            .field("slot", &self.slot)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Claims a slot and places cursors for `opts` on `map`.
+fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, Option<usize>), AttachError> {
+    let slots = &map.slots;
+    let mut slot = (0..slots.count)
+        .find(|&i| slots.state(i) == slot_state::FREE && slots.try_claim(i, slot_state::FREE));
+    if slot.is_none() {
+        // Take over the slot of a reader that died without detaching.
+        slot = (0..slots.count).find(|&i| {
+            let snap = slots.snapshot(i);
+            (snap.state == slot_state::LOSSY || snap.state == slot_state::GATED)
+                && liveness::slot_holder_dead(&snap)
+                && slots.try_claim(i, snap.state)
+        });
+        if slot.is_some() {
+            map.words.count_reaped();
+        }
+    }
+    if slot.is_none() && opts.gated {
+        return Err(AttachError::NoReaderSlot { name: map.geometry.name.clone(), slots: slots.count as u32 });
+    }
+    // Start position and the sequence number expected there (u64::MAX:
+    // unknown, nothing counts as lost before the first record).
+    let starts: Vec<(u64, u64)> = map
+        .shards
+        .iter()
+        .map(|shard| match opts.start {
+            StartAt::Oldest => (shard.tail_pos(), u64::MAX),
+            StartAt::Next => shard.end_snapshot(),
+            StartAt::Latest => {
+                let c = shard.counters();
+                if c.last_record_pos != u64::MAX
+                    && c.last_record_pos >= c.tail_pos
+                    && c.last_record_pos < c.write_pos
+                {
+                    (c.last_record_pos, u64::MAX)
+                } else {
+                    shard.end_snapshot()
+                }
+            }
+        })
+        .collect();
+    let mut positions: Vec<u64> = starts.iter().map(|&(pos, _)| pos).collect();
+    if let Some(i) = slot {
+        slots.fill(i, liveness::own_identity(), monotonic_ns(), liveness::realtime_ns(), &positions);
+        let state = if opts.gated { slot_state::GATED } else { slot_state::LOSSY };
+        slots.activate(i, state, &map.words.readers);
+        if opts.gated {
+            for (shard, pos) in positions.iter_mut().enumerate() {
+                *pos = slots.settle_gated_start(i, shard, &map.shards[shard]);
+            }
+        }
+    }
+    let cursors = map
+        .shards
+        .iter()
+        .zip(positions.iter().zip(&starts))
+        .map(|(shard, (&pos, &(start, seq)))| {
+            // A gated start moved up to the tail no longer knows its sequence.
+            let seq = if pos == start { seq } else { u64::MAX };
+            CursorCore::new(shard.clone(), pos, seq, opts.gated)
+        })
+        .collect();
+    Ok((cursors, slot))
+}
+
+impl Reader {
+    /// Attaches to channel `name` in `bus`.
+    pub fn attach(bus: &BusDir, name: &str, opts: ReaderOptions) -> Result<Self, AttachError> {
+        let map = channel::attach(bus, name)?;
+        let (cursors, slot) = register(&map, opts)?;
+        let heads = vec![None; cursors.len()];
+        Ok(Self {
+            bus: bus.clone(),
+            name: name.to_owned(),
+            opts,
+            map: Arc::new(map),
+            cursors,
+            heads,
+            slot,
+            stats: ReaderStats::default(),
+            unaccounted: (0, 0),
+            last_idle_check: Instant::now(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        self.stats
+    }
+
+    /// Whether this reader gates the producer (it stops doing so if its
+    /// process was judged dead and its slot reaped).
+    pub fn is_gated(&self) -> bool {
+        self.cursors.first().is_some_and(|c| c.gated)
+    }
+
+    /// Generation of the producer files this reader is attached to.
+    pub fn generation(&self) -> u64 {
+        self.map.geometry.generation
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.map.geometry.shards
+    }
+
+    pub fn state(&self) -> ChannelState {
+        self.map.state()
+    }
+
+    /// Whether the producer process is alive (`None`: it runs in another
+    /// pid namespace, so we cannot tell).
+    pub fn producer_alive(&self) -> Option<bool> {
+        liveness::pid_alive(&self.map.geometry.producer_identity())
+    }
+
+    /// Records published but not yet read, over all shards.
+    pub fn backlog(&self) -> u64 {
+        self.map
+            .shards
+            .iter()
+            .zip(&self.cursors)
+            .map(|(shard, c)| {
+                let written = shard.counters().records_written;
+                if c.next_seq() == u64::MAX {
+                    u64::from(c.position() < shard.write_pos())
+                } else {
+                    written.saturating_sub(c.next_seq())
+                }
+            })
+            .sum()
+    }
+
+    fn flush_accounting(&mut self) {
+        if let Some(slot) = self.slot {
+            let (received, lost) = std::mem::take(&mut self.unaccounted);
+            self.map.slots.account(slot, received, lost, monotonic_ns());
+        }
+    }
+
+    /// Peeks every shard and picks the record to deliver next: the one with
+    /// the oldest timestamp among the shards that have one (each shard's own
+    /// order is always kept).
+    fn next_head(&mut self) -> Result<Option<(usize, Head)>, RecvError> {
+        if let Some(slot) = self.slot
+            && self.cursors[0].gated
+            && !self.map.slots.is_gated(slot)
+        {
+            // Our slot was reaped (we were judged dead): from now on we may
+            // be overwritten, so validate like a lossy reader.
+            for c in &mut self.cursors {
+                c.gated = false;
+            }
+        }
+        loop {
+            let mut best: Option<(usize, Head)> = None;
+            for (shard, cursor) in self.cursors.iter_mut().enumerate() {
+                if self.heads[shard].is_none() {
+                    self.heads[shard] = cursor.peek().map_err(|c| RecvError::Corrupt {
+                        name: self.name.clone(),
+                        shard: shard as u32,
+                        pos: c.pos,
+                        what: c.what,
+                    })?;
+                }
+                if let Some(head) = self.heads[shard]
+                    && best.is_none_or(|(_, b)| head.timestamp_ns < b.timestamp_ns)
+                {
+                    best = Some((shard, head));
+                }
+            }
+            let Some((shard, head)) = best else { return Ok(None) };
+            // A head peeked a while ago may have been overwritten since
+            // (lossy readers): check again before handing it out.
+            if self.cursors[shard].still_valid(&head) {
+                return Ok(Some((shard, head)));
+            }
+            self.heads[shard] = None;
+        }
+    }
+
+    /// Whether the producer replaced, ended or (rarely checked) recreated
+    /// the channel; reattaches on replacement.
+    fn lifecycle(&mut self) -> Result<Option<Event<'_>>, RecvError> {
+        let now = Instant::now();
+        let state = self.map.state();
+        let mut replaced = state == ChannelState::Replaced;
+        if !replaced && now.duration_since(self.last_idle_check) >= IDLE_CHECK_EVERY {
+            self.last_idle_check = now;
+            self.flush_accounting();
+            replaced = !self.map.is_current() && std::fs::metadata(&self.map.ring_path).is_ok();
+        }
+        if replaced {
+            let map = channel::attach(&self.bus, &self.name)?;
+            let opts = ReaderOptions { start: StartAt::Oldest, ..self.opts };
+            let (cursors, slot) = register(&map, opts)?;
+            if let Some(old) = self.slot.take() {
+                self.map.slots.free(old);
+            }
+            self.map = Arc::new(map);
+            self.heads = vec![None; cursors.len()];
+            self.cursors = cursors;
+            self.slot = slot;
+            self.stats.restarts += 1;
+            return Ok(Some(Event::Restarted { generation: self.map.geometry.generation }));
+        }
+        if state == ChannelState::Ended {
+            // ENDED is stored after the last publish: look once more.
+            if self.cursors.iter_mut().all(|c| !c.has_data()) {
+                return Ok(Some(Event::Ended));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next event, if one is ready now. Never blocks.
+    pub fn try_recv(&mut self) -> Result<Option<Event<'_>>, RecvError> {
+        if let Some((shard, head)) = self.next_head()? {
+            self.heads[shard] = None;
+            self.cursors[shard].advance(&head);
+            self.stats.received += 1;
+            self.stats.lost += head.lost;
+            self.unaccounted.0 += 1;
+            self.unaccounted.1 += head.lost;
+            if self.unaccounted.0 >= ACCOUNT_EVERY || head.lost != 0 {
+                self.flush_accounting();
+            }
+            return Ok(Some(Event::Record(Sample { reader: self, shard, head })));
+        }
+        self.lifecycle()
+    }
+
+    /// Whether `try_recv` would return something now.
+    fn ready(&mut self) -> Result<bool, RecvError> {
+        if self.next_head()?.is_some() {
+            return Ok(true);
+        }
+        let state = self.map.state();
+        if state != ChannelState::Live {
+            return Ok(true);
+        }
+        if self.last_idle_check.elapsed() >= IDLE_CHECK_EVERY {
+            self.last_idle_check = Instant::now();
+            self.flush_accounting();
+            if !self.map.is_current() && std::fs::metadata(&self.map.ring_path).is_ok() {
+                // Let `lifecycle` see it right away.
+                self.last_idle_check -= IDLE_CHECK_EVERY;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next event, sleeping (futex, no spinning) up to `timeout` for
+    /// one. `Ok(None)` on timeout.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Event<'_>>, RecvError> {
+        let deadline = Instant::now() + timeout;
+        while !self.ready()? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let Self { map, cursors, .. } = self;
+            map.words.wait(left.min(MAX_SLEEP), || {
+                cursors.iter_mut().any(|c| c.has_data())
+                    || map.words.state() != crate::layout::channel_state::LIVE
+            });
+        }
+        self.try_recv()
+    }
+
+    /// The next event, busy-polling up to `timeout` (lowest latency; burns a
+    /// core, so never use it at real-time priority).
+    pub fn recv_spin(&mut self, timeout: Duration) -> Result<Option<Event<'_>>, RecvError> {
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0u32;
+        while !self.ready()? {
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::hint::spin_loop();
+        }
+        self.try_recv()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.flush_accounting();
+        if let Some(slot) = self.slot {
+            self.map.slots.free(slot);
+        }
+    }
+}
+
+/// One record, borrowed in place from the shared mapping (no copy). For a
+/// gated reader the producer cannot overwrite it while the sample lives; it
+/// is released when the sample is dropped. For a lossy reader it may be
+/// overwritten if the producer laps the reader meanwhile: check
+/// [`Sample::is_valid`] after using the payload.
+pub struct Sample<'r> {
+    reader: &'r mut Reader,
+    shard: usize,
+    head: Head,
+}
+
+impl fmt::Debug for Sample<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sample")
+            .field("shard", &self.shard)
+            .field("seq", &self.head.seq)
+            .field("kind", &self.head.kind)
+            .field("len", &self.head.len)
+            .finish()
+    }
+}
+
+impl Sample<'_> {
+    /// The record's bytes, in place.
+    pub fn payload(&self) -> &[u8] {
+        self.reader.cursors[self.shard].payload(&self.head)
+    }
+
+    pub fn kind(&self) -> u16 {
+        self.head.kind
+    }
+
+    /// Sequence number within its shard (gapless per shard: gaps are losses).
+    pub fn seq(&self) -> u64 {
+        self.head.seq
+    }
+
+    /// The producer's timestamp (ns since the Unix epoch, unless the
+    /// producer chose otherwise).
+    pub fn timestamp_ns(&self) -> u64 {
+        self.head.timestamp_ns
+    }
+
+    /// The shard (producer thread) that wrote it.
+    pub fn shard(&self) -> u32 {
+        self.shard as u32
+    }
+
+    /// Records of this shard lost (overwritten) right before this one.
+    pub fn lost_before(&self) -> u64 {
+        self.head.lost
+    }
+
+    /// Whether the payload is still intact. Always true for gated readers;
+    /// a lossy reader should call it after using the payload and discard
+    /// what it derived if it returns false.
+    pub fn is_valid(&self) -> bool {
+        self.reader.cursors[self.shard].still_valid(&self.head)
+    }
+}
+
+impl Drop for Sample<'_> {
+    fn drop(&mut self) {
+        let reader = &mut *self.reader;
+        if let Some(slot) = reader.slot {
+            let cursor = &reader.cursors[self.shard];
+            reader.map.slots.release(slot, self.shard, cursor.position(), cursor.next_seq());
+        }
+    }
+}

@@ -1,0 +1,1202 @@
+//! The shard ring protocol: every atomic operation and every `unsafe` block
+//! of `shm-bus` lives in this module.
+//!
+//! # The algorithm
+//!
+//! A shard is a byte ring of `capacity` bytes (a power of two) with exactly
+//! one writer (a producer thread) and any number of readers in any number of
+//! processes. Positions are byte counts since the shard was created (`u64`,
+//! never wrapping in practice); the byte of position `p` lives at offset
+//! `p & (capacity - 1)` of the data ring.
+//!
+//! Each record is a 32-byte header (its own position as a stamp, payload
+//! length, kind, sequence number, timestamp) followed by the payload padded
+//! to 8 bytes. A record never wraps: when it does not fit before the end of
+//! the ring, the writer fills the rest with a padding record (or, when fewer
+//! than 32 bytes remain, leaves them: both sides skip such a stub), and the
+//! record starts at offset 0. So a reader always gets one contiguous slice.
+//!
+//! Two positions in the shard header steer everything:
+//!
+//! - `write_pos`: every record below it is committed. The writer makes a
+//!   batch of records visible with one `Release` store (**sync point P**);
+//!   readers `Acquire`-load it before touching any record below it.
+//! - `tail_pos`: the oldest position a lossy reader may still read. Before
+//!   overwriting the bytes of an earlier lap the writer moves the tail past
+//!   them and then issues a `Release` fence (**sync point T**). A lossy
+//!   reader copies nothing: it reads the record header (and the caller reads
+//!   the payload in place), then issues an `Acquire` fence and loads the tail
+//!   (**sync point V**). If any byte it read came from a newer lap, fence T
+//!   synchronises with fence V and the tail it loads is past the record: the
+//!   view is reported invalid (a seqlock, with the tail as the sequence).
+//!
+//! Gated (lossless) readers publish, per shard, the position below which
+//! they are done (a `Release` store, **sync point G**). Before the writer
+//! reuses space below a position it checks that no live gated reader is
+//! behind it, with `SeqCst` loads that pair with G. The minimum is cached and
+//! only rescanned when it does not suffice or when a reader registered since
+//! the last scan. Registration races with reclaiming; a Dekker handshake
+//! settles it (**sync point R**): the writer stores the new tail and then
+//! loads the registration counter; a registering reader bumps the counter
+//! and then loads the tail, all `SeqCst`. At least one of the two sees the
+//! other: either the writer rescans and sees the reader, or the reader sees
+//! the new tail and starts at or after it.
+//!
+//! Readers that want to sleep use a futex on the channel's `notify` word: a
+//! waiter reads `notify`, bumps the `waiters` count, re-checks for data, and
+//! sleeps only if `notify` is unchanged. The writer, after publishing, loads
+//! `waiters` and bumps and wakes `notify` only when someone waits. Fences on
+//! both sides (**sync point W**) make sure that either the writer sees the
+//! waiter or the waiter sees the data.
+//!
+//! # Memory shared with other processes
+//!
+//! The mapped files are shared with processes outside this program's control.
+//! Every word that two parties may access at the same time (the positions, the
+//! counters, the record headers, the reader slots) is only ever accessed as an
+//! atomic, by every party (FORMAT.md states this for foreign readers). Payload
+//! bytes are plain memory: the writer only writes space that no reader may
+//! legitimately read (below the published tail and gates, above `write_pos`),
+//! and a lossy reader that raced with an overwrite is told so by sync point V.
+//! Every offset is checked against the mapping's length before it is used, so
+//! a corrupt file yields an error, never an out-of-bounds access.
+
+use std::fmt;
+#[cfg(not(loom))]
+use std::fs::File;
+#[cfg(not(loom))]
+use std::io;
+#[cfg(not(loom))]
+use std::time::Duration;
+
+use crate::layout::{
+    KIND_PADDING, RECORD_HEADER, channel_header, reader_slot, readers_header, record_header, record_size,
+    shard_header, slot_state,
+};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::Arc;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+#[cfg(not(loom))]
+pub(crate) use std::sync::Arc;
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+// ---------------------------------------------------------------------------
+// Mappings and regions
+// ---------------------------------------------------------------------------
+
+/// A shared mapping of a whole channel file.
+#[cfg(not(loom))]
+pub(crate) struct Mapping {
+    raw: memmap2::MmapRaw,
+    writable: bool,
+}
+
+#[cfg(not(loom))]
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping").field("len", &self.raw.len()).field("writable", &self.writable).finish()
+    }
+}
+
+#[cfg(not(loom))]
+impl Mapping {
+    /// Maps all of `file`, shared; read-only unless `writable`.
+    pub(crate) fn map(file: &File, writable: bool) -> io::Result<Self> {
+        let raw = if writable {
+            memmap2::MmapOptions::new().map_raw(file)?
+        } else {
+            memmap2::MmapOptions::new().map_raw_read_only(file)?
+        };
+        Ok(Self { raw, writable })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    fn check(&self, off: usize, len: usize) {
+        // Offsets come from validated geometry; failing here is a bug in this
+        // crate, not something a file can cause.
+        assert!(
+            off.checked_add(len).is_some_and(|end| end <= self.raw.len()),
+            "shm-bus: access {off}+{len} outside a mapping of {} bytes",
+            self.raw.len()
+        );
+    }
+
+    /// Copies bytes out of the mapping (used to read immutable headers once,
+    /// so that later checks use a private copy a peer cannot change).
+    pub(crate) fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        self.check(off, dst.len());
+        // SAFETY: `check` proved `off..off + dst.len()` lies inside the live
+        // mapping, which `self` keeps mapped; `dst` is a distinct local buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.raw.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Copies bytes into a writable mapping. Only used while a producer
+    /// initialises a file that no other process can see yet.
+    pub(crate) fn copy_in(&self, off: usize, src: &[u8]) {
+        assert!(self.writable, "shm-bus: copy_in on a read-only mapping");
+        self.check(off, src.len());
+        // SAFETY: in bounds by `check`; the mapping is writable (asserted);
+        // the file is not yet visible under its channel name, so nobody else
+        // accesses these bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.raw.as_mut_ptr().add(off), src.len()) };
+    }
+}
+
+/// Backing store of the loom model: one atomic per word.
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct Arena {
+    words64: Box<[AtomicU64]>,
+    words32: Box<[AtomicU32]>,
+}
+
+#[cfg(loom)]
+impl Arena {
+    pub(crate) fn new(len: usize) -> Arc<Self> {
+        Arc::new(Self {
+            words64: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+            words32: (0..len / 4).map(|_| AtomicU32::new(0)).collect(),
+        })
+    }
+}
+
+/// A window onto a mapping (or, under loom, onto an arena) that keeps it
+/// alive. All shared-word access goes through [`Region::u64_at`] and
+/// [`Region::u32_at`].
+#[derive(Clone)]
+pub(crate) struct Region {
+    #[cfg(not(loom))]
+    map: Arc<Mapping>,
+    #[cfg(loom)]
+    map: Arc<Arena>,
+    offset: usize,
+    len: usize,
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region").field("offset", &self.offset).field("len", &self.len).finish()
+    }
+}
+
+impl Region {
+    #[cfg(not(loom))]
+    pub(crate) fn whole(map: Arc<Mapping>) -> Self {
+        let len = map.len();
+        Self { map, offset: 0, len }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn whole(map: Arc<Arena>) -> Self {
+        let len = map.words64.len() * 8;
+        Self { map, offset: 0, len }
+    }
+
+    /// The sub-window `off..off + len`.
+    pub(crate) fn sub(&self, off: usize, len: usize) -> Self {
+        assert!(
+            off.checked_add(len).is_some_and(|end| end <= self.len),
+            "shm-bus: sub-region {off}+{len} outside a region of {} bytes",
+            self.len
+        );
+        Self { map: self.map.clone(), offset: self.offset + off, len }
+    }
+
+    fn check_word(&self, off: usize, size: usize) -> usize {
+        let abs = self.offset + off;
+        assert!(
+            off.checked_add(size).is_some_and(|end| end <= self.len) && abs % size == 0,
+            "shm-bus: word {off} (size {size}) misaligned or outside a region of {} bytes",
+            self.len
+        );
+        abs
+    }
+
+    /// The 8-byte shared word at `off`.
+    pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
+        let abs = self.check_word(off, 8);
+        #[cfg(not(loom))]
+        {
+            // SAFETY:
+            // - in bounds and 8-byte aligned (`check_word`; the mapping
+            //   itself is page aligned);
+            // - the mapping lives as long as `self` holds its `Arc`;
+            // - every party accesses this word only atomically (module docs,
+            //   FORMAT.md), so no non-atomic access races with it.
+            unsafe { AtomicU64::from_ptr(self.map.raw.as_mut_ptr().add(abs).cast()) }
+        }
+        #[cfg(loom)]
+        {
+            &self.map.words64[abs / 8]
+        }
+    }
+
+    /// The 4-byte shared word at `off`.
+    pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
+        let abs = self.check_word(off, 4);
+        #[cfg(not(loom))]
+        {
+            // SAFETY: as in `u64_at`, with 4-byte alignment.
+            unsafe { AtomicU32::from_ptr(self.map.raw.as_mut_ptr().add(abs).cast()) }
+        }
+        #[cfg(loom)]
+        {
+            &self.map.words32[abs / 4]
+        }
+    }
+
+    /// Payload bytes `off..off + len`, read in place.
+    ///
+    /// For a lossy reader these bytes may be overwritten by a newer lap
+    /// while the slice is alive; callers must re-validate (sync point V)
+    /// after using them, which [`CursorCore::still_valid`] does.
+    #[cfg(not(loom))]
+    pub(crate) fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds (asserted); the mapping outlives the borrow of
+        // `self`. The bytes are shared with the producer process, which does
+        // not write them while a reader may legitimately read them (module
+        // docs); a lossy reader that lost that race learns it at sync point V.
+        unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(self.offset + off), len) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Futex
+// ---------------------------------------------------------------------------
+
+/// Sleeps while `word == expected`, at most `timeout`. Shared (not private)
+/// futex: the word lives in a file mapping shared between processes, and the
+/// kernel keys such futexes on the file's inode and offset.
+#[cfg(not(loom))]
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call
+    // (borrowed); the timespec is a valid local; FUTEX_WAIT only reads the
+    // word. EINTR, EAGAIN and ETIMEDOUT are all fine: the caller re-checks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Wakes every thread in every process sleeping on `word`.
+#[cfg(not(loom))]
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is valid and aligned for the call; FUTEX_WAKE does not
+    // access memory beyond looking up the futex key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process of the
+/// host, so heartbeats written by one process can be aged by another.
+#[cfg(not(loom))]
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// ---------------------------------------------------------------------------
+// Channel-level words
+// ---------------------------------------------------------------------------
+
+/// Sets the state word of a channel header page and wakes every waiter so
+/// it notices (also used on an old file being replaced).
+pub(crate) fn set_channel_state(channel: &Region, state: u32) {
+    // Release pairs with `ChannelWords::state`'s Acquire: a reader that sees
+    // ENDED also sees the final `write_pos` published before it.
+    channel.u32_at(channel_header::STATE).store(state, Ordering::Release);
+    wake_channel(channel);
+}
+
+fn wake_channel(channel: &Region) {
+    let notify = channel.u32_at(channel_header::NOTIFY);
+    // Release: a waiter that sees the bumped value also sees what the waker
+    // published before (paired with the Acquire in `ChannelWords::wait`).
+    notify.fetch_add(1, Ordering::Release);
+    #[cfg(not(loom))]
+    futex_wake_all(notify);
+}
+
+/// The shared words of a channel header and readers header.
+#[derive(Clone, Debug)]
+pub(crate) struct ChannelWords {
+    /// The channel header page of the `.ring` file.
+    pub(crate) channel: Region,
+    /// The header of the `.readers` file.
+    pub(crate) readers: Region,
+}
+
+impl ChannelWords {
+    pub(crate) fn state(&self) -> u32 {
+        // Acquire pairs with `set_state`'s Release: a reader that sees ENDED
+        // also sees the final `write_pos` published before it.
+        self.channel.u32_at(channel_header::STATE).load(Ordering::Acquire)
+    }
+
+    /// Sets the channel state and wakes every waiter so it notices.
+    pub(crate) fn set_state(&self, state: u32) {
+        set_channel_state(&self.channel, state);
+    }
+
+    fn wake(&self) {
+        wake_channel(&self.channel);
+    }
+
+    /// Called by a writer right after publishing: wakes sleeping readers,
+    /// if there are any. Sync point W (writer side).
+    pub(crate) fn wake_if_waiting(&self) {
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the SeqCst fence above against the waiter's
+        // SeqCst increment + fence.
+        if self.readers.u32_at(readers_header::WAITERS).load(Ordering::Relaxed) != 0 {
+            self.wake();
+        }
+    }
+
+    /// Sleeps until `has_data` is true, a writer publishes, or `timeout`
+    /// passes. Sync point W (waiter side).
+    #[cfg(not(loom))]
+    pub(crate) fn wait(&self, timeout: Duration, mut has_data: impl FnMut() -> bool) {
+        let notify = self.channel.u32_at(channel_header::NOTIFY);
+        let waiters = self.readers.u32_at(readers_header::WAITERS);
+        // Acquire pairs with the Release bump in `wake`.
+        let seen = notify.load(Ordering::Acquire);
+        waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !has_data() {
+            futex_wait(notify, seen, timeout);
+        }
+        // Relaxed: the count only needs to be eventually right; a stale high
+        // value costs the writer one needless wake.
+        waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Increments the reaped-readers counter (introspection only).
+    pub(crate) fn count_reaped(&self) {
+        // Relaxed: a statistic; no data is published through it.
+        self.channel.u64_at(channel_header::REAPED_READERS).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reaped(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.channel.u64_at(channel_header::REAPED_READERS).load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reader slots (the `.readers` file)
+// ---------------------------------------------------------------------------
+
+/// Who holds a reader slot: what the writer needs to tell a dead reader from
+/// a slow one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReaderIdentity {
+    pub(crate) pid: u32,
+    /// Process start time (clock ticks since boot, `/proc/PID/stat` field
+    /// 22): tells a reused pid from the original process.
+    pub(crate) start_time: u64,
+    /// Inode of the process's pid namespace: pids only mean something when
+    /// it equals ours.
+    pub(crate) pid_ns: u64,
+}
+
+/// A snapshot of one slot, for introspection and liveness decisions.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SlotSnapshot {
+    pub(crate) state: u32,
+    pub(crate) identity: ReaderIdentity,
+    pub(crate) heartbeat_ns: u64,
+    pub(crate) lost: u64,
+    pub(crate) received: u64,
+    pub(crate) attached_realtime_ns: u64,
+    /// (position, next_seq) per shard.
+    pub(crate) shards: Vec<(u64, u64)>,
+}
+
+/// The reader slots of a channel.
+#[derive(Clone, Debug)]
+pub(crate) struct Slots {
+    /// The slot array (everything after the readers header).
+    pub(crate) region: Region,
+    pub(crate) count: usize,
+    pub(crate) slot_size: usize,
+    pub(crate) shards: usize,
+}
+
+impl Slots {
+    fn word64(&self, slot: usize, off: usize) -> &AtomicU64 {
+        self.region.u64_at(slot * self.slot_size + off)
+    }
+
+    fn state_word(&self, slot: usize) -> &AtomicU32 {
+        self.region.u32_at(slot * self.slot_size + reader_slot::STATE)
+    }
+
+    fn position_word(&self, slot: usize, shard: usize) -> &AtomicU64 {
+        self.word64(slot, reader_slot::SHARDS + shard * reader_slot::PER_SHARD)
+    }
+
+    fn next_seq_word(&self, slot: usize, shard: usize) -> &AtomicU64 {
+        self.word64(slot, reader_slot::SHARDS + shard * reader_slot::PER_SHARD + 8)
+    }
+
+    pub(crate) fn state(&self, slot: usize) -> u32 {
+        // Acquire pairs with the Release/SeqCst state stores in `claim`,
+        // `activate` and `free`: identity fields written before are visible.
+        self.state_word(slot).load(Ordering::Acquire)
+    }
+
+    /// Tries to claim `slot`, expecting it in state `from` (FREE, or the
+    /// state of a dead holder being replaced). On success the slot is
+    /// CLAIMING and belongs to the caller.
+    pub(crate) fn try_claim(&self, slot: usize, from: u32) -> bool {
+        // Acquire on success: we read nothing the previous holder wrote that
+        // matters, but this keeps identity writes below from moving up.
+        self.state_word(slot)
+            .compare_exchange(from, slot_state::CLAIMING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Fills a CLAIMING slot's identity and per-shard positions.
+    pub(crate) fn fill(
+        &self,
+        slot: usize,
+        id: ReaderIdentity,
+        now_ns: u64,
+        realtime_ns: u64,
+        positions: &[u64],
+    ) {
+        // Relaxed: published by the state store in `activate` (Release/SeqCst).
+        let s = self.slot_size * slot;
+        self.region.u32_at(s + reader_slot::PID).store(id.pid, Ordering::Relaxed);
+        self.word64(slot, reader_slot::START_TIME).store(id.start_time, Ordering::Relaxed);
+        self.word64(slot, reader_slot::PID_NS).store(id.pid_ns, Ordering::Relaxed);
+        self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+        self.word64(slot, reader_slot::LOST).store(0, Ordering::Relaxed);
+        self.word64(slot, reader_slot::RECEIVED).store(0, Ordering::Relaxed);
+        self.word64(slot, reader_slot::ATTACHED_REALTIME_NS).store(realtime_ns, Ordering::Relaxed);
+        for (shard, &pos) in positions.iter().enumerate() {
+            self.position_word(slot, shard).store(pos, Ordering::Relaxed);
+            self.next_seq_word(slot, shard).store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes a filled slot visible as `state` (LOSSY or GATED). For a gated
+    /// reader this is the reader half of sync point R; the caller must then
+    /// call [`Slots::settle_gated_start`] per shard before reading.
+    pub(crate) fn activate(&self, slot: usize, state: u32, readers_header: &Region) {
+        // SeqCst: part of the registration handshake (sync point R); also a
+        // Release for the identity written by `fill`.
+        self.state_word(slot).store(state, Ordering::SeqCst);
+        if state == slot_state::GATED {
+            readers_header.u64_at(readers_header::REGISTRATIONS).fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Reader half of sync point R, after `activate`: if the writer reclaimed
+    /// past our start meanwhile, start at its tail instead. Returns the
+    /// position to start at.
+    pub(crate) fn settle_gated_start(&self, slot: usize, shard: usize, shard_mem: &ShardMem) -> u64 {
+        // SeqCst: pairs with the writer's SeqCst tail store and registration
+        // load in `WriterCore::make_writable`.
+        let tail = shard_mem.header.u64_at(shard_header::TAIL_POS).load(Ordering::SeqCst);
+        let pos = self.position_word(slot, shard).load(Ordering::Relaxed);
+        if tail > pos {
+            self.position_word(slot, shard).store(tail, Ordering::SeqCst);
+            tail
+        } else {
+            pos
+        }
+    }
+
+    /// Releases everything below `pos` on `shard` (sync point G for gated
+    /// readers) and records progress for introspection.
+    pub(crate) fn release(&self, slot: usize, shard: usize, pos: u64, next_seq: u64) {
+        // Release pairs with the writer's SeqCst load in `scan_gates`: our
+        // reads of the records below `pos` happen before it overwrites them.
+        self.position_word(slot, shard).store(pos, Ordering::Release);
+        // Relaxed: introspection only.
+        self.next_seq_word(slot, shard).store(next_seq, Ordering::Relaxed);
+    }
+
+    /// Adds to the slot's received/lost counters and refreshes its heartbeat.
+    pub(crate) fn account(&self, slot: usize, received: u64, lost: u64, now_ns: u64) {
+        // Relaxed: single writer (the slot's reader); read only by
+        // introspection and liveness, which tolerate stale values.
+        if received != 0 {
+            let w = self.word64(slot, reader_slot::RECEIVED);
+            w.store(w.load(Ordering::Relaxed) + received, Ordering::Relaxed);
+        }
+        if lost != 0 {
+            let w = self.word64(slot, reader_slot::LOST);
+            w.store(w.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
+        }
+        self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Frees a slot held by this process (reader detach).
+    pub(crate) fn free(&self, slot: usize) {
+        // Release: nothing follows that depends on it; ordering our last
+        // position stores before the slot looks free keeps introspection sane.
+        self.state_word(slot).store(slot_state::FREE, Ordering::Release);
+    }
+
+    /// Frees a slot of a dead reader, if it still is in `from`. Called by
+    /// writers (reaping a dead gated reader) and by readers looking for room.
+    pub(crate) fn reap(&self, slot: usize, from: u32) -> bool {
+        // SeqCst: the writer rescans gates right after; a reaped reader that
+        // is in fact alive notices via `is_gated` (Acquire) before trusting
+        // a record.
+        self.state_word(slot)
+            .compare_exchange(from, slot_state::FREE, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Whether our gated slot is still gated. Sync point V for gated readers:
+    /// the Acquire fence pairs with the writer's Release fence after reaping
+    /// (inside `make_writable`), so a reader whose slot was reaped before the
+    /// writer overwrote its record sees the reaped state.
+    pub(crate) fn is_gated(&self, slot: usize) -> bool {
+        fence(Ordering::Acquire);
+        // Relaxed: ordered by the fence above.
+        self.state_word(slot).load(Ordering::Relaxed) == slot_state::GATED
+    }
+
+    pub(crate) fn snapshot(&self, slot: usize) -> SlotSnapshot {
+        let state = self.state(slot);
+        let s = self.slot_size * slot;
+        // Relaxed: an introspection snapshot; values may be slightly stale.
+        let r = Ordering::Relaxed;
+        SlotSnapshot {
+            state,
+            identity: ReaderIdentity {
+                pid: self.region.u32_at(s + reader_slot::PID).load(r),
+                start_time: self.word64(slot, reader_slot::START_TIME).load(r),
+                pid_ns: self.word64(slot, reader_slot::PID_NS).load(r),
+            },
+            heartbeat_ns: self.word64(slot, reader_slot::HEARTBEAT_NS).load(r),
+            lost: self.word64(slot, reader_slot::LOST).load(r),
+            received: self.word64(slot, reader_slot::RECEIVED).load(r),
+            attached_realtime_ns: self.word64(slot, reader_slot::ATTACHED_REALTIME_NS).load(r),
+            shards: (0..self.shards)
+                .map(|sh| (self.position_word(slot, sh).load(r), self.next_seq_word(slot, sh).load(r)))
+                .collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shards
+// ---------------------------------------------------------------------------
+
+/// One shard: its header page and its data ring.
+#[derive(Clone, Debug)]
+pub(crate) struct ShardMem {
+    pub(crate) header: Region,
+    pub(crate) data: Region,
+    pub(crate) capacity: u64,
+}
+
+/// Counters of a shard header, for introspection.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ShardCounters {
+    pub(crate) write_pos: u64,
+    pub(crate) tail_pos: u64,
+    pub(crate) records_written: u64,
+    pub(crate) bytes_written: u64,
+    pub(crate) last_record_pos: u64,
+    pub(crate) full_count: u64,
+    pub(crate) publish_count: u64,
+}
+
+impl ShardMem {
+    fn mask(&self) -> u64 {
+        self.capacity - 1
+    }
+
+    fn header_word(&self, pos: u64, field: usize) -> &AtomicU64 {
+        self.data.u64_at((pos & self.mask()) as usize + field)
+    }
+
+    /// Acquire-loads `write_pos` (sync point P, reader side).
+    pub(crate) fn write_pos(&self) -> u64 {
+        self.header.u64_at(shard_header::WRITE_POS).load(Ordering::Acquire)
+    }
+
+    /// The tail, for choosing a start position (no validation relies on it).
+    pub(crate) fn tail_pos(&self) -> u64 {
+        // Acquire: pairs with the writer's SeqCst tail store; a reader that
+        // starts at the tail sees the record headers written before it.
+        self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Acquire)
+    }
+
+    /// The published end and the sequence number of the record that will
+    /// start there, for a reader that starts at the end. The two words are
+    /// stored separately, so a publish racing this call can make the
+    /// sequence number run ahead by that batch (never behind): `write_pos`
+    /// is loaded first with Acquire (sync point P), which makes the
+    /// `records_written` stored before it visible.
+    pub(crate) fn end_snapshot(&self) -> (u64, u64) {
+        let write_pos = self.write_pos();
+        // Relaxed: ordered after the Acquire load above.
+        let seq = self.header.u64_at(shard_header::RECORDS_WRITTEN).load(Ordering::Relaxed);
+        (write_pos, seq)
+    }
+
+    pub(crate) fn counters(&self) -> ShardCounters {
+        // Acquire on write_pos (sync point P); the rest are statistics
+        // stored before it, Relaxed.
+        let write_pos = self.write_pos();
+        let r = Ordering::Relaxed;
+        ShardCounters {
+            write_pos,
+            tail_pos: self.header.u64_at(shard_header::TAIL_POS).load(r),
+            records_written: self.header.u64_at(shard_header::RECORDS_WRITTEN).load(r),
+            bytes_written: self.header.u64_at(shard_header::BYTES_WRITTEN).load(r),
+            last_record_pos: self.header.u64_at(shard_header::LAST_RECORD_POS).load(r),
+            full_count: self.header.u64_at(shard_header::FULL_COUNT).load(r),
+            publish_count: self.header.u64_at(shard_header::PUBLISH_COUNT).load(r),
+        }
+    }
+}
+
+/// A reservation handed out by [`WriterCore::reserve`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reserved {
+    /// Ring position of the record header.
+    pub(crate) pos: u64,
+    /// Largest payload the caller may commit.
+    pub(crate) max_len: u64,
+}
+
+/// Why a reservation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoSpace {
+    /// A live gated reader has not released the space yet.
+    Gated { reader_pid: u32 },
+}
+
+/// The single writer of one shard.
+#[derive(Debug)]
+pub(crate) struct WriterCore {
+    shard: ShardMem,
+    slots: Slots,
+    words: ChannelWords,
+    shard_index: usize,
+    /// End of the committed records (published or not).
+    pending: u64,
+    /// Last value stored to `write_pos`.
+    published: u64,
+    /// Last value stored to `tail_pos`.
+    tail: u64,
+    /// Space below this position may be overwritten without further checks.
+    writable_limit: u64,
+    /// Minimum position of the gated readers at the last scan.
+    gate_limit: u64,
+    /// Pid of the reader that set `gate_limit`, for error reports.
+    gate_holder: u32,
+    /// Registration count at the last scan.
+    seen_registrations: u64,
+    next_seq: u64,
+    bytes_committed: u64,
+    last_record_pos: u64,
+    /// How far ahead of need the tail moves at once, so the SeqCst
+    /// handshake is paid once per chunk, not once per record.
+    reclaim_chunk: u64,
+    /// Decides whether a gated reader's process is dead (not under loom).
+    is_dead: fn(&SlotSnapshot) -> bool,
+    #[cfg(not(loom))]
+    last_reap: Option<std::time::Instant>,
+}
+
+impl WriterCore {
+    /// A writer for a freshly created shard (all positions zero).
+    pub(crate) fn new(
+        shard: ShardMem,
+        slots: Slots,
+        words: ChannelWords,
+        shard_index: usize,
+        is_dead: fn(&SlotSnapshot) -> bool,
+    ) -> Self {
+        let reclaim_chunk = (shard.capacity / 16).max(RECORD_HEADER);
+        Self {
+            shard,
+            slots,
+            words,
+            shard_index,
+            pending: 0,
+            published: 0,
+            tail: 0,
+            writable_limit: 0,
+            gate_limit: u64::MAX,
+            gate_holder: 0,
+            seen_registrations: u64::MAX,
+            next_seq: 0,
+            bytes_committed: 0,
+            last_record_pos: u64::MAX,
+            reclaim_chunk,
+            is_dead,
+            #[cfg(not(loom))]
+            last_reap: None,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.shard.capacity
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub(crate) fn has_unpublished(&self) -> bool {
+        self.pending != self.published
+    }
+
+    /// The position after `p`: the next record, or the next wrap when `p` is
+    /// a stub too short for a header. Only used on records this writer
+    /// committed itself.
+    fn next_boundary(&self, p: u64) -> u64 {
+        let room = self.shard.capacity - (p & self.shard.mask());
+        if room < RECORD_HEADER {
+            return p + room;
+        }
+        // Relaxed: our own earlier store.
+        let lkf = self.shard.header_word(p, record_header::LEN_KIND_FLAGS).load(Ordering::Relaxed);
+        p + record_size(lkf & 0xFFFF_FFFF)
+    }
+
+    /// Reserves room for a record of up to `max_len` payload bytes. Writes a
+    /// padding record first when the record would otherwise wrap. Never
+    /// blocks: when a gated reader holds the space, returns `NoSpace`.
+    pub(crate) fn reserve(&mut self, max_len: u64) -> Result<Reserved, NoSpace> {
+        let cap = self.shard.capacity;
+        let size = record_size(max_len);
+        let mut start = self.pending;
+        let room = cap - (start & self.shard.mask());
+        let pad = if room < size { room } else { 0 };
+        let end = start + pad + size;
+        let target = end.saturating_sub(cap);
+        if target > self.writable_limit {
+            self.make_writable(target)?;
+        }
+        if pad != 0 {
+            if pad >= RECORD_HEADER {
+                self.write_header(start, pad - RECORD_HEADER, KIND_PADDING, self.next_seq, 0);
+            }
+            start += pad;
+            self.pending = start;
+        }
+        Ok(Reserved { pos: start, max_len })
+    }
+
+    fn write_header(&self, pos: u64, len: u64, kind: u16, seq: u64, timestamp_ns: u64) {
+        // Relaxed: published by the Release store of `write_pos` (sync point
+        // P); lossy readers racing with this overwrite are caught by sync
+        // point V.
+        let r = Ordering::Relaxed;
+        self.shard.header_word(pos, record_header::POS).store(pos, r);
+        self.shard.header_word(pos, record_header::LEN_KIND_FLAGS).store(len | (u64::from(kind) << 32), r);
+        self.shard.header_word(pos, record_header::SEQ).store(seq, r);
+        self.shard.header_word(pos, record_header::TIMESTAMP_NS).store(timestamp_ns, r);
+    }
+
+    /// Commits a reserved record with `len <= reserved.max_len` payload
+    /// bytes; it becomes visible at the next [`WriterCore::publish`].
+    pub(crate) fn commit(&mut self, reserved: Reserved, len: u64, kind: u16, timestamp_ns: u64) -> u64 {
+        debug_assert!(len <= reserved.max_len && kind != KIND_PADDING);
+        debug_assert_eq!(reserved.pos, self.pending);
+        let seq = self.next_seq;
+        self.write_header(reserved.pos, len, kind, seq, timestamp_ns);
+        self.pending = reserved.pos + record_size(len);
+        self.next_seq += 1;
+        self.bytes_committed += len;
+        self.last_record_pos = reserved.pos;
+        seq
+    }
+
+    /// Makes every committed record visible with one Release store (sync
+    /// point P), then wakes sleeping readers if there are any.
+    pub(crate) fn publish(&mut self) {
+        if self.pending == self.published {
+            return;
+        }
+        let h = &self.shard.header;
+        // Relaxed: statistics, ordered before the Release store below.
+        let r = Ordering::Relaxed;
+        h.u64_at(shard_header::RECORDS_WRITTEN).store(self.next_seq, r);
+        h.u64_at(shard_header::BYTES_WRITTEN).store(self.bytes_committed, r);
+        h.u64_at(shard_header::LAST_RECORD_POS).store(self.last_record_pos, r);
+        let publishes = h.u64_at(shard_header::PUBLISH_COUNT);
+        publishes.store(publishes.load(r) + 1, r);
+        // Release: pairs with the readers' Acquire load in `ShardMem::write_pos`.
+        h.u64_at(shard_header::WRITE_POS).store(self.pending, Ordering::Release);
+        self.published = self.pending;
+        self.words.wake_if_waiting();
+    }
+
+    /// Payload space of a reservation, for the caller to fill.
+    #[cfg(not(loom))]
+    pub(crate) fn payload_mut(&mut self, reserved: &Reserved) -> &mut [u8] {
+        let off = (reserved.pos & self.shard.mask()) + RECORD_HEADER;
+        let len = reserved.max_len as usize;
+        let region = &self.shard.data;
+        assert!((off as usize).checked_add(len).is_some_and(|end| end <= region.len));
+        // SAFETY:
+        // - in bounds (asserted) of a writable mapping kept alive by `region`;
+        // - exclusive: this is the shard's only writer (one `WriterCore` per
+        //   shard, handed out once), `&mut self` allows one reservation at a
+        //   time, and `reserve` made sure that no gated reader still holds
+        //   this space and that the tail has moved past it, so no reader may
+        //   legitimately read it until it is published (lossy readers that
+        //   lag detect the overwrite at sync point V).
+        unsafe {
+            std::slice::from_raw_parts_mut(region.map.raw.as_mut_ptr().add(region.offset + off as usize), len)
+        }
+    }
+
+    /// Under loom the payload is modelled as 8-byte words.
+    #[cfg(loom)]
+    pub(crate) fn write_payload_word(&self, reserved: &Reserved, index: usize, value: u64) {
+        let off = (reserved.pos & self.shard.mask()) as usize + RECORD_HEADER as usize + index * 8;
+        // Relaxed: a payload byte; see `write_header`.
+        self.shard.data.u64_at(off).store(value, Ordering::Relaxed);
+    }
+
+    fn count_full(&self) {
+        let w = self.shard.header.u64_at(shard_header::FULL_COUNT);
+        // Relaxed: a statistic with a single writer.
+        w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Rescans the gated readers' positions for this shard.
+    fn scan_gates(&mut self) {
+        let mut limit = u64::MAX;
+        let mut holder = 0;
+        for slot in 0..self.slots.count {
+            // SeqCst: pairs with the readers' `activate` and
+            // `settle_gated_start` (sync point R) and is at least an Acquire
+            // for their Release `release` stores (sync point G).
+            if self.slots.state_word(slot).load(Ordering::SeqCst) == slot_state::GATED {
+                let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::SeqCst);
+                if pos < limit {
+                    limit = pos;
+                    // Relaxed: only for the error message.
+                    holder = self
+                        .slots
+                        .region
+                        .u32_at(slot * self.slots.slot_size + reader_slot::PID)
+                        .load(Ordering::Relaxed);
+                }
+            }
+        }
+        self.gate_limit = limit;
+        self.gate_holder = holder;
+    }
+
+    /// Frees the slots of gated readers behind `target` whose process is
+    /// dead. Rate limited: at most every 50 ms, so a writer that keeps
+    /// retrying while full does not hammer `/proc`.
+    fn reap_dead(&mut self, target: u64) -> bool {
+        #[cfg(not(loom))]
+        {
+            let now = std::time::Instant::now();
+            if self.last_reap.is_some_and(|t| now.duration_since(t) < Duration::from_millis(50)) {
+                return false;
+            }
+            self.last_reap = Some(now);
+        }
+        let mut reaped = false;
+        for slot in 0..self.slots.count {
+            if self.slots.state(slot) != slot_state::GATED {
+                continue;
+            }
+            // Relaxed: a hint; `reap`'s CAS decides.
+            let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::Relaxed);
+            if pos < target
+                && (self.is_dead)(&self.slots.snapshot(slot))
+                && self.slots.reap(slot, slot_state::GATED)
+            {
+                self.words.count_reaped();
+                reaped = true;
+            }
+        }
+        reaped
+    }
+
+    /// Makes positions below `target` safe to overwrite: checks the gates,
+    /// moves the tail past them (sync point T) and settles the registration
+    /// race (sync point R).
+    fn make_writable(&mut self, target: u64) -> Result<(), NoSpace> {
+        // The tail never passes `write_pos`: publish what is committed first.
+        if target > self.published {
+            self.publish();
+        }
+        // SeqCst: see sync point R.
+        let regs = self.slots_registrations();
+        if regs != self.seen_registrations || self.gate_limit < target {
+            self.seen_registrations = regs;
+            self.scan_gates();
+        }
+        if self.gate_limit < target && self.reap_dead(target) {
+            self.scan_gates();
+        }
+        if self.gate_limit < target {
+            self.count_full();
+            return Err(NoSpace::Gated { reader_pid: self.gate_holder });
+        }
+
+        // The first record boundary at or after `target`, then whole records
+        // up to a chunk further, as far as gates and the published end allow.
+        let mut tail = self.tail;
+        while tail < target {
+            tail = self.next_boundary(tail);
+        }
+        let soft = (target + self.reclaim_chunk).min(self.gate_limit).min(self.published);
+        loop {
+            let next = self.next_boundary(tail);
+            if next > soft {
+                break;
+            }
+            tail = next;
+        }
+        if tail > self.tail {
+            // Sync point T: SeqCst store (also the writer half of sync point
+            // R), then a Release fence that orders it before the data stores
+            // that overwrite the space below it.
+            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::SeqCst);
+            fence(Ordering::Release);
+            self.tail = tail;
+        }
+        // Writer half of sync point R: a reader that registered before our
+        // tail store is seen here.
+        let regs = self.slots_registrations();
+        if regs != self.seen_registrations {
+            self.seen_registrations = regs;
+            self.scan_gates();
+            if self.gate_limit < target {
+                self.count_full();
+                return Err(NoSpace::Gated { reader_pid: self.gate_holder });
+            }
+        }
+        self.writable_limit = self.tail.min(self.gate_limit);
+        Ok(())
+    }
+
+    fn slots_registrations(&self) -> u64 {
+        // SeqCst: sync point R (pairs with `Slots::activate`).
+        self.words.readers.u64_at(readers_header::REGISTRATIONS).load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+/// The header of the record a cursor stands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) pos: u64,
+    pub(crate) len: u32,
+    pub(crate) kind: u16,
+    pub(crate) seq: u64,
+    pub(crate) timestamp_ns: u64,
+    /// Records skipped (lapped) right before this one.
+    pub(crate) lost: u64,
+}
+
+impl Head {
+    pub(crate) fn end(&self) -> u64 {
+        self.pos + record_size(u64::from(self.len))
+    }
+}
+
+/// What a shard's data says that it should not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Corrupt {
+    pub(crate) pos: u64,
+    pub(crate) what: String,
+}
+
+/// One reader's position in one shard.
+#[derive(Debug)]
+pub(crate) struct CursorCore {
+    shard: ShardMem,
+    pos: u64,
+    /// Sequence number expected next; `u64::MAX` until the first record.
+    next_seq: u64,
+    /// Whether a record was delivered yet: before that, `next_seq` is only
+    /// an estimate taken at attach time (see `ShardMem::end_snapshot`).
+    delivered_any: bool,
+    /// Last `write_pos` loaded: records below it need no new Acquire load.
+    cached_write: u64,
+    /// Gated cursors trust the gate instead of validating against the tail.
+    pub(crate) gated: bool,
+}
+
+impl CursorCore {
+    /// A cursor at `pos`. `next_seq` is the sequence number expected there,
+    /// or `u64::MAX` when unknown (then nothing counts as lost before the
+    /// first record delivered).
+    pub(crate) fn new(shard: ShardMem, pos: u64, next_seq: u64, gated: bool) -> Self {
+        Self { shard, pos, next_seq, delivered_any: false, cached_write: 0, gated }
+    }
+
+    pub(crate) fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether a record may be ready (cheap: only loads `write_pos` when the
+    /// cached value is used up).
+    pub(crate) fn has_data(&mut self) -> bool {
+        if self.pos < self.cached_write {
+            return true;
+        }
+        self.cached_write = self.shard.write_pos();
+        self.pos < self.cached_write
+    }
+
+    /// Sync point V for lossy cursors: true when nothing at or after `pos`
+    /// has been overwritten since the caller read it.
+    fn intact_from(&self, pos: u64) -> bool {
+        fence(Ordering::Acquire);
+        // Relaxed: ordered by the fence above, which pairs with the writer's
+        // Release fence after its tail store (sync point T).
+        self.shard.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed) <= pos
+    }
+
+    /// Reads the next record header without consuming it. Lossy cursors
+    /// that were lapped jump to the oldest record still retained.
+    pub(crate) fn peek(&mut self) -> Result<Option<Head>, Corrupt> {
+        let cap = self.shard.capacity;
+        loop {
+            if !self.has_data() {
+                return Ok(None);
+            }
+            let pos = self.pos;
+            let room = cap - (pos & self.shard.mask());
+            if room < RECORD_HEADER {
+                self.pos += room;
+                continue;
+            }
+            // Relaxed: published by the Acquire load of `write_pos` in
+            // `has_data`; lossy readers validate below (sync point V).
+            let r = Ordering::Relaxed;
+            let stamp = self.shard.header_word(pos, record_header::POS).load(r);
+            let lkf = self.shard.header_word(pos, record_header::LEN_KIND_FLAGS).load(r);
+            let seq = self.shard.header_word(pos, record_header::SEQ).load(r);
+            let timestamp_ns = self.shard.header_word(pos, record_header::TIMESTAMP_NS).load(r);
+            if !self.gated && !self.intact_from(pos) {
+                // Lapped: resume at the oldest retained record. The loss is
+                // counted from the sequence numbers of the next record.
+                self.pos = self.shard.tail_pos();
+                continue;
+            }
+            let len = lkf & 0xFFFF_FFFF;
+            let kind = (lkf >> 32) as u16;
+            if stamp != pos {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("record stamp {stamp} does not match its position"),
+                });
+            }
+            if len > room - RECORD_HEADER {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("record length {len} runs past the end of the ring"),
+                });
+            }
+            if kind == KIND_PADDING {
+                self.pos = pos + record_size(len);
+                continue;
+            }
+            let lost = if self.next_seq == u64::MAX {
+                0
+            } else if seq >= self.next_seq {
+                seq - self.next_seq
+            } else if !self.delivered_any {
+                0 // the attach-time estimate ran ahead of a racing publish
+            } else {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("sequence {seq} goes back (expected {})", self.next_seq),
+                });
+            };
+            return Ok(Some(Head { pos, len: len as u32, kind, seq, timestamp_ns, lost }));
+        }
+    }
+
+    /// Moves past `head` (returned by the last `peek`).
+    pub(crate) fn advance(&mut self, head: &Head) {
+        self.pos = head.end();
+        self.next_seq = head.seq + 1;
+        self.delivered_any = true;
+    }
+
+    /// The payload of `head`, in place.
+    #[cfg(not(loom))]
+    pub(crate) fn payload(&self, head: &Head) -> &[u8] {
+        let off = (head.pos & self.shard.mask()) + RECORD_HEADER;
+        self.shard.data.bytes(off as usize, head.len as usize)
+    }
+
+    /// Under loom the payload is modelled as 8-byte words.
+    #[cfg(loom)]
+    pub(crate) fn payload_word(&self, head: &Head, index: usize) -> u64 {
+        let off = (head.pos & self.shard.mask()) as usize + RECORD_HEADER as usize + index * 8;
+        // Relaxed: validated by `still_valid` (sync point V).
+        self.shard.data.u64_at(off).load(Ordering::Relaxed)
+    }
+
+    /// For lossy cursors: whether `head`'s bytes are still intact now, after
+    /// the caller has used them (sync point V). Gated cursors are always
+    /// intact while their slot is gated (checked by the caller).
+    pub(crate) fn still_valid(&self, head: &Head) -> bool {
+        self.gated || self.intact_from(head.pos)
+    }
+}
+
+// Layout checks: the constants in `layout` are what FORMAT.md documents; the
+// code above only ever uses them, and they must keep shared words aligned.
+const _: () = {
+    assert!(shard_header::WRITE_POS % 64 == 0 && shard_header::TAIL_POS % 64 == 0);
+    assert!(readers_header::REGISTRATIONS % 64 == 0 && readers_header::WAITERS % 64 == 0);
+    assert!(channel_header::STATE % 4 == 0 && channel_header::NOTIFY % 4 == 0);
+    assert!(channel_header::REAPED_READERS % 8 == 0);
+    assert!(reader_slot::SHARDS % 64 == 0 && reader_slot::START_TIME % 8 == 0);
+    assert!(record_header::SEQ % 8 == 0 && RECORD_HEADER % 8 == 0);
+};

@@ -1,0 +1,314 @@
+//! Single-process behaviour of one channel: round trips, batching, lapping,
+//! gating, wrap padding, start positions, end of stream, introspection.
+
+use std::time::Duration;
+
+use shm_bus::{
+    BusDir, ChannelOptions, ChannelState, Event, Producer, Reader, ReaderOptions, ReserveError, StartAt,
+};
+
+fn bus() -> (tempfile::TempDir, BusDir) {
+    let dir = tempfile::Builder::new().prefix("shm-bus-test").tempdir_in(shm_root()).unwrap();
+    let bus = BusDir::new(dir.path());
+    (dir, bus)
+}
+
+fn shm_root() -> &'static str {
+    if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }
+}
+
+fn small(capacity: u64) -> ChannelOptions {
+    ChannelOptions { capacity, ..Default::default() }
+}
+
+/// Payload for record `seq`: its length and bytes derive from `seq`.
+fn payload(seq: u64) -> Vec<u8> {
+    let len = (seq * 7919 % 300) as usize;
+    (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+}
+
+fn next_record(reader: &mut Reader) -> (u64, u64, Vec<u8>, bool) {
+    match reader.recv_timeout(Duration::from_secs(5)).unwrap() {
+        Some(Event::Record(s)) => (s.seq(), s.lost_before(), s.payload().to_vec(), s.is_valid()),
+        other => panic!("expected a record, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trip_every_byte_and_sequence() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "t/rt", small(1 << 16)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "t/rt", ReaderOptions::gated()).unwrap();
+    for seq in 0..5000u64 {
+        let p = payload(seq);
+        let got = loop {
+            match writer.send(7, &p) {
+                Ok(s) => break s,
+                Err(ReserveError::Full { .. }) => {
+                    // Drain one record to make room (gated reader).
+                    let (s, lost, bytes, valid) = next_record(&mut reader);
+                    assert_eq!((lost, valid), (0, true));
+                    assert_eq!(bytes, payload(s));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(got, seq);
+    }
+    drop(writer);
+    drop(producer);
+    let mut expected = reader.stats().received;
+    loop {
+        match reader.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Some(Event::Record(s)) => {
+                assert_eq!(s.seq(), expected);
+                assert_eq!(s.kind(), 7);
+                assert_eq!(s.payload(), &payload(expected)[..]);
+                expected += 1;
+            }
+            Some(Event::Ended) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(expected, 5000);
+    assert_eq!(reader.stats().lost, 0);
+}
+
+#[test]
+fn batch_becomes_visible_with_one_publish() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "batch", small(1 << 16)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "batch", ReaderOptions::lossy()).unwrap();
+    for i in 0..10u8 {
+        writer.write(1, &[i; 5]).unwrap();
+    }
+    assert!(reader.try_recv().unwrap().is_none(), "records visible before publish");
+    writer.publish();
+    for i in 0..10u8 {
+        let (seq, _, bytes, _) = next_record(&mut reader);
+        assert_eq!((seq, bytes), (u64::from(i), vec![i; 5]));
+    }
+}
+
+#[test]
+fn reservation_commit_shorter_and_abort() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "resv", small(1 << 16)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "resv", ReaderOptions::lossy()).unwrap();
+    let mut r = writer.reserve(1000).unwrap();
+    r.buf()[..3].copy_from_slice(b"abc");
+    assert_eq!(r.commit(3, 2), 0);
+    let mut r = writer.reserve(1000).unwrap();
+    r.buf()[..3].copy_from_slice(b"zzz");
+    r.abort();
+    writer.send(3, b"defg").unwrap();
+    let (seq, _, bytes, _) = next_record(&mut reader);
+    assert_eq!((seq, bytes.as_slice()), (0, &b"abc"[..]));
+    let (seq, _, bytes, _) = next_record(&mut reader);
+    assert_eq!((seq, bytes.as_slice()), (1, &b"defg"[..]));
+    assert!(matches!(writer.reserve(1 << 20), Err(ReserveError::TooLarge { .. })));
+}
+
+#[test]
+fn lossy_reader_is_lapped_and_counts_exactly() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "lap", small(4096)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "lap", ReaderOptions::lossy()).unwrap();
+    // 1000 records of 64+32 bytes through a 4 KiB ring: the reader is lapped.
+    for seq in 0..1000u64 {
+        writer.send(1, &seq.to_le_bytes().repeat(8)).unwrap();
+    }
+    let mut delivered = 0;
+    let mut last = None;
+    while let Some(Event::Record(s)) = reader.try_recv().unwrap() {
+        let seq = s.seq();
+        assert_eq!(s.payload(), &seq.to_le_bytes().repeat(8)[..]);
+        assert!(s.is_valid());
+        if let Some(prev) = last {
+            assert_eq!(seq, prev + 1 + s.lost_before());
+        } else {
+            assert_eq!(s.lost_before(), seq, "first record after lap reports the gap");
+        }
+        last = Some(seq);
+        delivered += 1;
+    }
+    assert_eq!(last, Some(999));
+    let stats = reader.stats();
+    assert_eq!(stats.received, delivered);
+    assert_eq!(stats.received + stats.lost, 1000);
+    assert!(stats.lost > 900);
+}
+
+#[test]
+fn gated_reader_blocks_overwrite_until_released() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "gate", small(4096)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "gate", ReaderOptions::gated()).unwrap();
+    let mut sent = 0u64;
+    loop {
+        match writer.send(1, &sent.to_le_bytes().repeat(8)) {
+            Ok(_) => sent += 1,
+            Err(ReserveError::Full { reader_pid, .. }) => {
+                assert_eq!(reader_pid, std::process::id());
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!((4096 / 96 - 1..=4096 / 96 + 1).contains(&sent), "sent {sent}");
+    // Holding a sample keeps its space; dropping it frees room for one more.
+    for seq in 0..sent {
+        let (s, lost, bytes, valid) = next_record(&mut reader);
+        assert_eq!((s, lost, valid), (seq, 0, true));
+        assert_eq!(bytes, seq.to_le_bytes().repeat(8));
+    }
+    writer.send(1, &sent.to_le_bytes().repeat(8)).unwrap();
+    let info = shm_bus::channel_info(&bus, "gate").unwrap();
+    assert!(info.shards[0].full_count >= 1);
+    assert_eq!(info.readers.len(), 1);
+    assert!(info.readers[0].gated);
+    assert_eq!(info.readers[0].lag_records, 1);
+}
+
+#[test]
+fn records_never_wrap_and_large_records_work() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "big", small(64 << 20)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "big", ReaderOptions::gated()).unwrap();
+    let max = writer.max_payload();
+    assert!(max >= 16 << 20);
+    let sizes = [16 << 20, 5, 16 << 20, 12345, 16 << 20, 16 << 20, 1, 16 << 20];
+    for (i, &len) in sizes.iter().enumerate() {
+        let bytes: Vec<u8> = (0..len).map(|j| (i * 7 + j * 13) as u8).collect();
+        writer.send(i as u16, &bytes).unwrap();
+        let (seq, _, got, _) = next_record(&mut reader);
+        assert_eq!(seq, i as u64);
+        assert!(got == bytes, "record {i} differs");
+    }
+}
+
+#[test]
+fn start_positions() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "start", small(1 << 16)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    for i in 0..10u8 {
+        writer.send(1, &[i]).unwrap();
+    }
+    let mut oldest = Reader::attach(&bus, "start", ReaderOptions::lossy().start(StartAt::Oldest)).unwrap();
+    let mut latest = Reader::attach(&bus, "start", ReaderOptions::lossy().start(StartAt::Latest)).unwrap();
+    let mut next = Reader::attach(&bus, "start", ReaderOptions::gated().start(StartAt::Next)).unwrap();
+    writer.send(1, &[10]).unwrap();
+    assert_eq!(next_record(&mut oldest).0, 0);
+    assert_eq!(next_record(&mut latest).2, vec![9]);
+    assert_eq!(next_record(&mut latest).2, vec![10]);
+    assert_eq!(next_record(&mut next).2, vec![10]);
+}
+
+#[test]
+fn shards_merge_into_one_stream_in_time_order() {
+    let (_dir, bus) = bus();
+    let opts = ChannelOptions { shards: 3, capacity: 1 << 16, ..Default::default() };
+    let producer = Producer::create(&bus, "merge", opts).unwrap();
+    let mut writers: Vec<_> = (0..3).map(|i| producer.shard(i).unwrap()).collect();
+    assert!(producer.shard(0).is_err(), "a shard is handed out once");
+    let mut reader = Reader::attach(&bus, "merge", ReaderOptions::gated()).unwrap();
+    for t in 0..30u64 {
+        writers[(t * 7 % 3) as usize].write_at(1, 1000 + t, &t.to_le_bytes()).unwrap();
+    }
+    for w in &mut writers {
+        w.publish();
+    }
+    for t in 0..30u64 {
+        match reader.try_recv().unwrap() {
+            Some(Event::Record(s)) => {
+                assert_eq!(s.timestamp_ns(), 1000 + t);
+                assert_eq!(s.shard() as u64, t * 7 % 3);
+                assert_eq!(s.payload(), t.to_le_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn end_of_stream_and_restart_are_reported() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "life", small(1 << 16)).unwrap();
+    let gen1 = producer.generation();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "life", ReaderOptions::gated()).unwrap();
+    writer.send(1, b"one").unwrap();
+    drop(writer);
+    producer.end();
+    assert_eq!(next_record(&mut reader).2, b"one");
+    assert!(matches!(reader.recv_timeout(Duration::from_secs(1)).unwrap(), Some(Event::Ended)));
+    assert_eq!(reader.state(), ChannelState::Ended);
+
+    let producer = Producer::create(&bus, "life", small(1 << 16)).unwrap();
+    assert_ne!(producer.generation(), gen1);
+    let mut writer = producer.shard(0).unwrap();
+    writer.send(1, b"two").unwrap();
+    match reader.recv_timeout(Duration::from_secs(2)).unwrap() {
+        Some(Event::Restarted { generation }) => assert_eq!(generation, producer.generation()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next_record(&mut reader).2, b"two");
+    assert_eq!(reader.stats().restarts, 1);
+}
+
+#[test]
+fn channel_of_a_live_producer_is_not_replaced() {
+    use std::os::unix::fs::FileExt;
+    let (_dir, bus) = bus();
+    drop(Producer::create(&bus, "busy", small(4096)).unwrap());
+    // Make the file look owned by another live process: pid 1.
+    let stat = std::fs::read_to_string("/proc/1/stat").unwrap();
+    let start: u64 =
+        stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().parse().unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(bus.ring_path("busy")).unwrap();
+    file.write_all_at(&1u32.to_le_bytes(), shm_bus::layout::channel_header::PRODUCER_PID as u64).unwrap();
+    file.write_all_at(&start.to_le_bytes(), shm_bus::layout::channel_header::PRODUCER_START_TIME as u64)
+        .unwrap();
+    match Producer::create(&bus, "busy", small(4096)) {
+        Err(shm_bus::CreateError::Busy { pid: 1, .. }) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // A dead owner (a pid with the wrong start time) is replaced.
+    file.write_all_at(
+        &(start + 1).to_le_bytes(),
+        shm_bus::layout::channel_header::PRODUCER_START_TIME as u64,
+    )
+    .unwrap();
+    Producer::create(&bus, "busy", small(4096)).unwrap();
+}
+
+#[test]
+fn listing_shows_channels_readers_and_counters() {
+    let (_dir, bus) = bus();
+    let producer = Producer::create(&bus, "stage/packet_group", small(1 << 16)).unwrap();
+    let _p2 = Producer::create(&bus, "stage/socket_stats", small(4096)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, "stage/packet_group", ReaderOptions::lossy()).unwrap();
+    writer.send(1, &[0u8; 100]).unwrap();
+    writer.send(1, &[0u8; 100]).unwrap();
+    let _ = next_record(&mut reader);
+    drop(reader);
+    let _reader2 = Reader::attach(&bus, "stage/packet_group", ReaderOptions::gated()).unwrap();
+    let list = shm_bus::list_channels(&bus).unwrap();
+    let names: Vec<_> = list.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["stage/packet_group", "stage/socket_stats"]);
+    let info = list[0].info.as_ref().unwrap();
+    assert_eq!(info.producer_pid, std::process::id());
+    assert_eq!(info.producer_alive, Some(true));
+    assert_eq!(info.records_written(), 2);
+    assert_eq!(info.bytes_written(), 200);
+    assert_eq!(info.readers.len(), 1, "the dropped reader freed its slot");
+    assert!(info.readers[0].gated);
+}
