@@ -479,7 +479,13 @@ impl Sample<'_> {
     /// a lossy reader should call it after using the payload and discard
     /// what it derived if it returns false.
     pub fn is_valid(&self) -> bool {
-        self.reader.cursors[self.shard].still_valid(&self.head)
+        let reader = &*self.reader;
+        let cursor = &reader.cursors[self.shard];
+        match reader.slot {
+            // Gated until our slot is reaped (only if we were judged dead).
+            Some(slot) if cursor.gated => reader.map.slots.is_gated(slot),
+            _ => cursor.still_valid(&self.head),
+        }
     }
 }
 

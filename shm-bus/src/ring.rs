@@ -33,14 +33,17 @@
 //! Gated (lossless) readers publish, per shard, the position below which
 //! they are done (a `Release` store, **sync point G**). Before the writer
 //! reuses space below a position it checks that no live gated reader is
-//! behind it, with `SeqCst` loads that pair with G. The minimum is cached and
-//! only rescanned when it does not suffice or when a reader registered since
-//! the last scan. Registration races with reclaiming; a Dekker handshake
-//! settles it (**sync point R**): the writer stores the new tail and then
-//! loads the registration counter; a registering reader bumps the counter
-//! and then loads the tail, all `SeqCst`. At least one of the two sees the
-//! other: either the writer rescans and sees the reader, or the reader sees
-//! the new tail and starts at or after it.
+//! behind it, with `Acquire` loads that pair with G. The minimum is cached
+//! and only rescanned when it does not suffice or when a reader registered
+//! since the last scan. Registration races with reclaiming; a Dekker
+//! handshake settles it (**sync point R**): the writer stores the new tail,
+//! issues a `SeqCst` fence and loads the registration counter; a registering
+//! reader bumps the counter, issues a `SeqCst` fence and loads the tail. Of
+//! two `SeqCst` fences one comes first, so at least one side sees the
+//! other's store: either the writer rescans and sees the reader, or the
+//! reader sees the new tail and starts at or after it. (Fences rather than
+//! `SeqCst` accesses: the guarantee is the same, and loom models fences
+//! exactly but treats `SeqCst` accesses as `AcqRel`.)
 //!
 //! Readers that want to sleep use a futex on the channel's `notify` word: a
 //! waiter reads `notify`, bumps the `waiters` count, re-checks for data, and
@@ -471,8 +474,8 @@ impl Slots {
     }
 
     pub(crate) fn state(&self, slot: usize) -> u32 {
-        // Acquire pairs with the Release/SeqCst state stores in `claim`,
-        // `activate` and `free`: identity fields written before are visible.
+        // Acquire pairs with the Release state stores in `activate` and
+        // `free`: identity fields written before are visible.
         self.state_word(slot).load(Ordering::Acquire)
     }
 
@@ -496,7 +499,7 @@ impl Slots {
         realtime_ns: u64,
         positions: &[u64],
     ) {
-        // Relaxed: published by the state store in `activate` (Release/SeqCst).
+        // Relaxed: published by the Release state store in `activate`.
         let s = self.slot_size * slot;
         self.region.u32_at(s + reader_slot::PID).store(id.pid, Ordering::Relaxed);
         self.word64(slot, reader_slot::START_TIME).store(id.start_time, Ordering::Relaxed);
@@ -515,24 +518,31 @@ impl Slots {
     /// reader this is the reader half of sync point R; the caller must then
     /// call [`Slots::settle_gated_start`] per shard before reading.
     pub(crate) fn activate(&self, slot: usize, state: u32, readers_header: &Region) {
-        // SeqCst: part of the registration handshake (sync point R); also a
-        // Release for the identity written by `fill`.
-        self.state_word(slot).store(state, Ordering::SeqCst);
+        // Release: publishes the identity and positions written by `fill`
+        // to whoever Acquire-loads the state (`scan_gates`, introspection).
+        self.state_word(slot).store(state, Ordering::Release);
         if state == slot_state::GATED {
-            readers_header.u64_at(readers_header::REGISTRATIONS).fetch_add(1, Ordering::SeqCst);
+            // Release: a writer that Acquire-loads the new count (sync point
+            // R) sees the GATED state and positions stored before it.
+            readers_header.u64_at(readers_header::REGISTRATIONS).fetch_add(1, Ordering::Release);
+            // Reader half of sync point R: pairs with the writer's SeqCst
+            // fence between its tail store and its registration load.
+            fence(Ordering::SeqCst);
         }
     }
 
-    /// Reader half of sync point R, after `activate`: if the writer reclaimed
-    /// past our start meanwhile, start at its tail instead. Returns the
-    /// position to start at.
+    /// After `activate` (and its fence): if the writer reclaimed past our
+    /// start meanwhile, start at its tail instead. Returns the position to
+    /// start at.
     pub(crate) fn settle_gated_start(&self, slot: usize, shard: usize, shard_mem: &ShardMem) -> u64 {
-        // SeqCst: pairs with the writer's SeqCst tail store and registration
-        // load in `WriterCore::make_writable`.
-        let tail = shard_mem.header.u64_at(shard_header::TAIL_POS).load(Ordering::SeqCst);
+        // Relaxed: ordered after the SeqCst fence in `activate` (sync point
+        // R), which is what the handshake needs.
+        let tail = shard_mem.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed);
+        // Relaxed: our own earlier store.
         let pos = self.position_word(slot, shard).load(Ordering::Relaxed);
         if tail > pos {
-            self.position_word(slot, shard).store(tail, Ordering::SeqCst);
+            // Release: as in `release` (sync point G).
+            self.position_word(slot, shard).store(tail, Ordering::Release);
             tail
         } else {
             pos
@@ -542,7 +552,7 @@ impl Slots {
     /// Releases everything below `pos` on `shard` (sync point G for gated
     /// readers) and records progress for introspection.
     pub(crate) fn release(&self, slot: usize, shard: usize, pos: u64, next_seq: u64) {
-        // Release pairs with the writer's SeqCst load in `scan_gates`: our
+        // Release pairs with the writer's Acquire load in `scan_gates`: our
         // reads of the records below `pos` happen before it overwrites them.
         self.position_word(slot, shard).store(pos, Ordering::Release);
         // Relaxed: introspection only.
@@ -574,18 +584,20 @@ impl Slots {
     /// Frees a slot of a dead reader, if it still is in `from`. Called by
     /// writers (reaping a dead gated reader) and by readers looking for room.
     pub(crate) fn reap(&self, slot: usize, from: u32) -> bool {
-        // SeqCst: the writer rescans gates right after; a reaped reader that
-        // is in fact alive notices via `is_gated` (Acquire) before trusting
-        // a record.
+        // AcqRel: the writer rescans gates right after; its later SeqCst
+        // fence (sync point T) orders this store before any overwrite, so a
+        // reaped reader that is in fact alive notices via `is_gated` before
+        // trusting a record.
         self.state_word(slot)
-            .compare_exchange(from, slot_state::FREE, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(from, slot_state::FREE, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
 
     /// Whether our gated slot is still gated. Sync point V for gated readers:
-    /// the Acquire fence pairs with the writer's Release fence after reaping
-    /// (inside `make_writable`), so a reader whose slot was reaped before the
-    /// writer overwrote its record sees the reaped state.
+    /// the Acquire fence pairs with the SeqCst fence the writer issues after
+    /// reaping and before overwriting (sync point T), so a reader whose slot
+    /// was reaped before the writer overwrote its record sees the reaped
+    /// state.
     pub(crate) fn is_gated(&self, slot: usize) -> bool {
         fence(Ordering::Acquire);
         // Relaxed: ordered by the fence above.
@@ -655,9 +667,9 @@ impl ShardMem {
 
     /// The tail, for choosing a start position (no validation relies on it).
     pub(crate) fn tail_pos(&self) -> u64 {
-        // Acquire: pairs with the writer's SeqCst tail store; a reader that
-        // starts at the tail sees the record headers written before it.
-        self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Acquire)
+        // Relaxed: only picks a start position; the records there are read
+        // after an Acquire load of `write_pos` (sync point P) covers them.
+        self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed)
     }
 
     /// The published end and the sequence number of the record that will
@@ -730,8 +742,8 @@ pub(crate) struct WriterCore {
     next_seq: u64,
     bytes_committed: u64,
     last_record_pos: u64,
-    /// How far ahead of need the tail moves at once, so the SeqCst
-    /// handshake is paid once per chunk, not once per record.
+    /// How far ahead of need the tail moves at once, so the SeqCst fence
+    /// of the handshake is paid once per chunk, not once per record.
     reclaim_chunk: u64,
     /// Decides whether a gated reader's process is dead (not under loom).
     is_dead: fn(&SlotSnapshot) -> bool,
@@ -904,11 +916,11 @@ impl WriterCore {
         let mut limit = u64::MAX;
         let mut holder = 0;
         for slot in 0..self.slots.count {
-            // SeqCst: pairs with the readers' `activate` and
-            // `settle_gated_start` (sync point R) and is at least an Acquire
-            // for their Release `release` stores (sync point G).
-            if self.slots.state_word(slot).load(Ordering::SeqCst) == slot_state::GATED {
-                let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::SeqCst);
+            // Acquire: pairs with the Release state store in `activate`
+            // (the positions stored before it are visible) and with the
+            // readers' Release `release` stores (sync point G).
+            if self.slots.state_word(slot).load(Ordering::Acquire) == slot_state::GATED {
+                let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire);
                 if pos < limit {
                     limit = pos;
                     // Relaxed: only for the error message.
@@ -962,7 +974,6 @@ impl WriterCore {
         if target > self.published {
             self.publish();
         }
-        // SeqCst: see sync point R.
         let regs = self.slots_registrations();
         if regs != self.seen_registrations || self.gate_limit < target {
             self.seen_registrations = regs;
@@ -991,15 +1002,15 @@ impl WriterCore {
             tail = next;
         }
         if tail > self.tail {
-            // Sync point T: SeqCst store (also the writer half of sync point
-            // R), then a Release fence that orders it before the data stores
-            // that overwrite the space below it.
-            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::SeqCst);
-            fence(Ordering::Release);
+            // Relaxed: ordered by the fence below.
+            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::Relaxed);
             self.tail = tail;
         }
-        // Writer half of sync point R: a reader that registered before our
-        // tail store is seen here.
+        // One SeqCst fence serves two sync points. T: as a Release fence it
+        // orders the tail store before the data stores that overwrite the
+        // space below it. R (writer half): a reader whose registration our
+        // load below misses is guaranteed to see the tail stored above.
+        fence(Ordering::SeqCst);
         let regs = self.slots_registrations();
         if regs != self.seen_registrations {
             self.seen_registrations = regs;
@@ -1014,8 +1025,9 @@ impl WriterCore {
     }
 
     fn slots_registrations(&self) -> u64 {
-        // SeqCst: sync point R (pairs with `Slots::activate`).
-        self.words.readers.u64_at(readers_header::REGISTRATIONS).load(Ordering::SeqCst)
+        // Acquire: pairs with the Release increment in `Slots::activate`, so
+        // a rescan after seeing a new count sees the new slot.
+        self.words.readers.u64_at(readers_header::REGISTRATIONS).load(Ordering::Acquire)
     }
 }
 
