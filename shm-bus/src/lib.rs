@@ -45,7 +45,7 @@ pub use introspect::{ChannelInfo, ChannelListing, ReaderInfo, ShardInfo, channel
 #[cfg(not(loom))]
 pub use liveness::{FOREIGN_HEARTBEAT_TIMEOUT, realtime_ns};
 #[cfg(not(loom))]
-pub use producer::{Producer, Reservation, ShardWriter};
+pub use producer::{PendingRecord, Producer, Reservation, ShardWriter};
 #[cfg(not(loom))]
 pub use reader::{Event, Reader, ReaderOptions, ReaderStats, Sample, StartAt};
 

@@ -104,7 +104,11 @@ impl ModelWriter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Got {
     pub seq: u64,
+    /// Records lost (lapped) right before this one.
     pub lost: u64,
+    /// Whether the record was still intact after its payload was read (a
+    /// lossy reader drops it otherwise).
+    pub valid: bool,
 }
 
 /// The model's reader.
@@ -117,7 +121,7 @@ pub struct ModelReader {
 
 impl ModelReader {
     /// Reads the next record, if one is published. Panics if a record that
-    /// validates carries a payload that is not its own.
+    /// validates carries a payload or header that is not its own.
     pub fn try_recv(&mut self) -> Option<Got> {
         let head: Head = self.cursor.peek().expect("model data is never corrupt")?;
         let word = self.cursor.payload_word(&head, 0);
@@ -129,11 +133,9 @@ impl ModelReader {
         if valid {
             assert_eq!(word, payload_of(head.seq), "a validated record had a torn or stale payload");
             assert_eq!(head.timestamp_ns, head.seq, "a validated record had a torn header");
-            Some(Got { seq: head.seq, lost: head.lost })
         } else {
-            // Overwritten while we read it: a lossy reader just skips it.
             assert!(!self.cursor.gated, "a gated reader's record was overwritten");
-            None
         }
+        Some(Got { seq: head.seq, lost: head.lost, valid })
     }
 }

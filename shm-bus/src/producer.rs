@@ -157,6 +157,50 @@ impl ShardWriter {
         }
     }
 
+    /// Like [`ShardWriter::reserve`], but the reservation is not tied to a
+    /// borrow of the writer: for callers that fill one record bit by bit
+    /// from several places (the engine appends packets of many connections
+    /// into one group). Fill it with [`ShardWriter::pending_buf`] and finish
+    /// it with [`ShardWriter::commit_pending`]; dropping it aborts it. At
+    /// most one reservation may be outstanding per writer.
+    pub fn reserve_pending(&mut self, max_len: usize) -> Result<PendingRecord, ReserveError> {
+        self.reserve(max_len).map(Reservation::detach)
+    }
+
+    /// The bytes of `pending`, made by this writer's last reservation.
+    ///
+    /// # Panics
+    /// If `pending` was made by another writer or a newer reservation was
+    /// made since.
+    pub fn pending_buf(&mut self, pending: &PendingRecord) -> &mut [u8] {
+        self.check_pending(pending);
+        self.core.payload_mut(&pending.reserved)
+    }
+
+    /// Commits `pending` like [`Reservation::commit_at`].
+    ///
+    /// # Panics
+    /// As [`ShardWriter::pending_buf`], and as [`Reservation::commit_at`].
+    pub fn commit_pending(
+        &mut self,
+        pending: PendingRecord,
+        len: usize,
+        kind: u16,
+        timestamp_ns: u64,
+    ) -> u64 {
+        self.check_pending(&pending);
+        Reservation { writer: self, reserved: pending.reserved }.commit_at(len, kind, timestamp_ns)
+    }
+
+    fn check_pending(&self, pending: &PendingRecord) {
+        assert!(
+            pending.generation == self.map.geometry.generation
+                && pending.shard == self.shard
+                && self.core.is_next_record(&pending.reserved),
+            "a PendingRecord used with the wrong writer or after a newer reservation"
+        );
+    }
+
     /// Like [`ShardWriter::reserve`], but retries while full, sleeping
     /// between attempts (never spinning), for at most `timeout`.
     pub fn reserve_timeout(
@@ -277,4 +321,34 @@ impl Reservation<'_> {
 
     /// Gives the space back (same as dropping the reservation).
     pub fn abort(self) {}
+
+    /// Releases the borrow of the writer; see [`ShardWriter::reserve_pending`].
+    pub fn detach(self) -> PendingRecord {
+        PendingRecord {
+            reserved: self.reserved,
+            generation: self.writer.map.geometry.generation,
+            shard: self.writer.shard,
+        }
+    }
+}
+
+/// A reservation detached from its writer (see
+/// [`ShardWriter::reserve_pending`]).
+#[derive(Debug)]
+#[must_use = "a pending record is aborted unless committed"]
+pub struct PendingRecord {
+    reserved: Reserved,
+    generation: u64,
+    shard: u32,
+}
+
+impl PendingRecord {
+    /// Size of the reservation.
+    pub fn len(&self) -> usize {
+        self.reserved.max_len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reserved.max_len == 0
+    }
 }

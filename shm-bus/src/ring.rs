@@ -791,6 +791,12 @@ impl WriterCore {
         self.next_seq
     }
 
+    /// Whether `reserved` is where the next record goes (no record was
+    /// committed and no other reservation made since).
+    pub(crate) fn is_next_record(&self, reserved: &Reserved) -> bool {
+        reserved.pos == self.pending
+    }
+
     pub(crate) fn has_unpublished(&self) -> bool {
         self.pending != self.published
     }
