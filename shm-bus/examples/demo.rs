@@ -152,7 +152,8 @@ fn main() -> ExitCode {
     let mut line = String::new();
     checker_out.read_line(&mut line).expect("checker output");
     if line.trim() != "ready" {
-        eprintln!("demo: checker failed to start");
+        let status = checker.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        eprintln!("demo: the checker failed to start ({status})");
         return ExitCode::FAILURE;
     }
 

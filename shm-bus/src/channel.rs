@@ -345,7 +345,9 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
 
     let me = liveness::own_identity();
     let generation = new_generation();
-    let readers_mode = opts.mode | ((opts.mode & 0o044) << 1);
+    // Whoever may read the data may register as a reader: group/other
+    // read bits (0o040, 0o004) grant the matching write bits (0o020, 0o002).
+    let readers_mode = opts.mode | ((opts.mode & 0o044) >> 1);
 
     let mut rhdr = vec![0u8; READERS_HEADER_SIZE as usize];
     rhdr[rh::MAGIC..rh::MAGIC + 8].copy_from_slice(&READERS_MAGIC);
@@ -504,8 +506,11 @@ fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, A
         return Err(corrupt("readers header disagrees with the channel header".into()));
     }
     let expected = layout::readers_file_size(g.shards, g.reader_slots);
-    if size != expected {
+    if size < expected {
         return Err(AttachError::Truncated { path: path.to_owned(), expected, actual: size });
+    }
+    if size > expected {
+        return Err(corrupt(format!("file is {size} bytes, its header says {expected}")));
     }
     Ok(u64_at(&h, rh::GENERATION))
 }

@@ -1,8 +1,10 @@
 //! The byte layout of a channel's two files, as constants.
 //!
 //! `FORMAT.md` in this crate documents the same layout for readers written in
-//! other languages; the `#[repr(C)]` views in [`crate::ring`] are checked
-//! against these offsets at compile time, so the three cannot drift apart.
+//! other languages. [`crate::ring`] accesses shared words only through these
+//! offsets (and checks their alignment at compile time), and the Python
+//! reader written from FORMAT.md is tested against this crate, so code and
+//! document cannot drift apart unnoticed.
 //!
 //! A channel `a/b` in bus directory `D` is two files:
 //! - `D/a/b.ring`: the channel header page, then one shard per producer
@@ -82,7 +84,6 @@ pub mod channel_header {
     pub const NOTIFY: usize = 84;
     pub const NAME_LEN: usize = 88;
     pub const PRODUCER_PID_NS: usize = 96;
-    pub const REAPED_READERS: usize = 104;
     pub const NAME: usize = 128;
     pub const END: usize = NAME + super::MAX_NAME + 1;
 }
@@ -125,7 +126,11 @@ pub mod readers_header {
     pub const REGISTRATIONS: usize = 64;
     /// Number of readers blocked in a futex wait (own cache line).
     pub const WAITERS: usize = 128;
-    pub const END: usize = 192;
+    /// Reader slots freed because their holder died (by the producer or by
+    /// a reader taking the slot over): lives here because readers must be
+    /// able to write it.
+    pub const REAPED_READERS: usize = 192;
+    pub const END: usize = 200;
 }
 
 /// Byte offsets inside a reader slot (at `READERS_HEADER_SIZE + i * slot_size`).

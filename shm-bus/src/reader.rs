@@ -176,7 +176,7 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
             }
         }
     }
-    let cursors = map
+    let mut cursors: Vec<CursorCore> = map
         .shards
         .iter()
         .zip(positions.iter().zip(&starts))
@@ -186,6 +186,12 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
             CursorCore::new(shard.clone(), pos, seq, opts.gated)
         })
         .collect();
+    for cursor in &mut cursors {
+        cursor.anchor().map_err(|c| AttachError::Corrupt {
+            path: map.ring_path.clone(),
+            what: format!("at position {}: {}", c.pos, c.what),
+        })?;
+    }
     Ok((cursors, slot))
 }
 

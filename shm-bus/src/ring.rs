@@ -407,12 +407,12 @@ impl ChannelWords {
     /// Increments the reaped-readers counter (introspection only).
     pub(crate) fn count_reaped(&self) {
         // Relaxed: a statistic; no data is published through it.
-        self.channel.u64_at(channel_header::REAPED_READERS).fetch_add(1, Ordering::Relaxed);
+        self.readers.u64_at(readers_header::REAPED_READERS).fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn reaped(&self) -> u64 {
         // Relaxed: a statistic.
-        self.channel.u64_at(channel_header::REAPED_READERS).load(Ordering::Relaxed)
+        self.readers.u64_at(readers_header::REAPED_READERS).load(Ordering::Relaxed)
     }
 }
 
@@ -1178,6 +1178,24 @@ impl CursorCore {
         }
     }
 
+    /// Learns the sequence number at the start position when it is not
+    /// known yet (a start at the oldest or latest record), so that records
+    /// lapped before the first delivery are counted as lost too.
+    pub(crate) fn anchor(&mut self) -> Result<(), Corrupt> {
+        if self.next_seq != u64::MAX {
+            return Ok(());
+        }
+        if let Some(head) = self.peek()? {
+            self.next_seq = head.seq;
+        } else {
+            let (write_pos, seq) = self.shard.end_snapshot();
+            if self.pos == write_pos {
+                self.next_seq = seq;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves past `head` (returned by the last `peek`).
     pub(crate) fn advance(&mut self, head: &Head) {
         self.pos = head.end();
@@ -1214,7 +1232,7 @@ const _: () = {
     assert!(shard_header::WRITE_POS % 64 == 0 && shard_header::TAIL_POS % 64 == 0);
     assert!(readers_header::REGISTRATIONS % 64 == 0 && readers_header::WAITERS % 64 == 0);
     assert!(channel_header::STATE % 4 == 0 && channel_header::NOTIFY % 4 == 0);
-    assert!(channel_header::REAPED_READERS % 8 == 0);
+    assert!(readers_header::REAPED_READERS % 8 == 0);
     assert!(reader_slot::SHARDS % 64 == 0 && reader_slot::START_TIME % 8 == 0);
     assert!(record_header::SEQ % 8 == 0 && RECORD_HEADER % 8 == 0);
 };

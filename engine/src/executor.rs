@@ -1,0 +1,63 @@
+//! Executors: one glommio executor per configured core, pinned, optionally
+//! under `SCHED_FIFO`. They never spin: an idle executor parks in the
+//! kernel until io_uring or a timer wakes it.
+
+use std::future::Future;
+use std::sync::Once;
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::EngineError;
+use crate::sys;
+
+/// io_uring memory glommio registers per executor. Registered buffers do
+/// not help TCP receive, and the default (10 MiB) exceeds a typical 8 MiB
+/// memlock limit once there are two executors.
+const IO_MEMORY: usize = 512 << 10;
+
+/// The cores to run on: one executor per listed core, or one unpinned
+/// executor when the list is empty.
+pub(crate) fn placements(affinity: &[usize]) -> Vec<Option<usize>> {
+    if affinity.is_empty() { vec![None] } else { affinity.iter().copied().map(Some).collect() }
+}
+
+/// Starts executor `index` of stage `stage` on `core` and runs `body` on it.
+pub(crate) fn spawn<F, Fut>(
+    stage: &str,
+    index: usize,
+    core: Option<usize>,
+    priority: u8,
+    body: F,
+) -> Result<ExecutorJoinHandle<()>, EngineError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let placement = core.map_or(Placement::Unbound, Placement::Fixed);
+    let name = format!("{stage}-{index}");
+    let stage = stage.to_owned();
+    LocalExecutorBuilder::new(placement)
+        .name(&name)
+        .io_memory(IO_MEMORY)
+        .spawn(move || async move {
+            if priority > 0 {
+                apply_priority(&stage, priority);
+            }
+            body().await
+        })
+        .map_err(|e| EngineError::Executor { stage: name, core, message: e.to_string() })
+}
+
+/// Switches the current executor thread to `SCHED_FIFO`; when the OS
+/// refuses, warns once per process and carries on at normal priority.
+fn apply_priority(stage: &str, priority: u8) {
+    static WARN_ONCE: Once = Once::new();
+    if let Err(e) = sys::set_fifo_priority(priority) {
+        WARN_ONCE.call_once(|| {
+            tracing::warn!(
+                "stage {stage}: cannot run executors at SCHED_FIFO priority {priority} ({e}); \
+                 running at normal priority (needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least {priority})"
+            );
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! ringest's ingest engine: stages that own sockets, run on pinned glommio
+//! executors (one per core), and publish every received packet, bundled
+//! into groups, into shm-bus channels.
+//!
+//! ```no_run
+//! use engine::{Engine, config::TcpServerConfig};
+//! use shm_bus::BusDir;
+//!
+//! let config = TcpServerConfig { name: "lidar".into(), address: "0.0.0.0:7400".parse()?, ..Default::default() };
+//! let engine = Engine::new(BusDir::from_env()).tcp_server(config).start()?;
+//! // ... consumers read lidar/packet_group, lidar/connection_events, lidar/socket_stats
+//! engine.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A TCP server stage named `N` publishes:
+//! - `N/packet_group`: TcpPacketGroup records (see `RECORDS.md`), one shard
+//!   per executor;
+//! - `N/connection_events`: connected / disconnected events;
+//! - `N/socket_stats`: SocketStats once a second;
+//!
+//! and writes the records any process publishes on `N/egress_packets` to
+//! its clients.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+mod executor;
+mod ingest;
+pub mod records;
+mod stage;
+mod stats;
+#[allow(unsafe_code)]
+mod sys;
+mod tcp_server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shm_bus::BusDir;
+
+pub use stage::{CONNECTION_EVENTS, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name};
+
+use crate::config::TcpServerConfig;
+use crate::records::SocketStats;
+use crate::stage::Stage;
+
+/// Starting or running the engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("channel {name}: {source}")]
+    Channel { name: String, source: shm_bus::CreateError },
+    #[error("stage {stage}: executor{}: {message}", core.map(|c| format!(" on core {c}")).unwrap_or_default())]
+    Executor { stage: String, core: Option<usize>, message: String },
+    #[error("stage {stage}: {source}")]
+    Io { stage: String, source: std::io::Error },
+    #[error("two stages are named {0}")]
+    DuplicateStage(String),
+}
+
+/// Builds an engine from stage configurations.
+#[derive(Debug)]
+pub struct Engine {
+    bus: BusDir,
+    mode: u32,
+    tcp_servers: Vec<TcpServerConfig>,
+}
+
+impl Engine {
+    /// An engine publishing into `bus`, with channel files of mode 0600.
+    pub fn new(bus: BusDir) -> Self {
+        Self { bus, mode: 0o600, tcp_servers: Vec::new() }
+    }
+
+    /// Permission bits of the channel files (e.g. 0o640 to let a group read).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Adds a TCP server stage.
+    pub fn tcp_server(mut self, config: TcpServerConfig) -> Self {
+        self.tcp_servers.push(config);
+        self
+    }
+
+    /// Creates the channels and starts every stage's executors. Binding
+    /// happens in the background (retried until it works): see
+    /// [`EngineHandle::wait_bound`].
+    pub fn start(self) -> Result<EngineHandle, EngineError> {
+        let mut handle = EngineHandle { stages: Vec::new() };
+        for config in self.tcp_servers {
+            if handle.stages.iter().any(|s| s.name == config.name) {
+                return Err(EngineError::DuplicateStage(config.name));
+            }
+            // On error, `handle` drops and stops what already started.
+            handle.stages.push(stage::start_tcp_server(&self.bus, self.mode, config)?);
+        }
+        Ok(handle)
+    }
+}
+
+/// A running engine. Dropping it stops it, like [`EngineHandle::stop`].
+pub struct EngineHandle {
+    stages: Vec<Stage>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("stages", &self.stage_names()).finish()
+    }
+}
+
+impl EngineHandle {
+    pub fn stage_names(&self) -> Vec<&str> {
+        self.stages.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The address stage `name` listens on, once bound (waits up to
+    /// `timeout`; `None` if it is not bound by then or there is no such
+    /// stage).
+    pub fn wait_bound(&self, name: &str, timeout: Duration) -> Option<SocketAddr> {
+        self.stage(name)?.bound.wait(timeout)
+    }
+
+    /// The latest socket statistics of stage `name` (published once a
+    /// second on `<name>/socket_stats`).
+    pub fn stats(&self, name: &str) -> Option<SocketStats> {
+        self.stage(name)?.latest_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops every stage gracefully: stop accepting, close the
+    /// connections, publish partial groups, mark the channels ended.
+    pub fn stop(mut self) -> Result<(), EngineError> {
+        self.stop_stages()
+    }
+
+    fn stop_stages(&mut self) -> Result<(), EngineError> {
+        let mut result = Ok(());
+        for stage in self.stages.drain(..) {
+            if let Err(e) = stage.stop() {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_stages() {
+            tracing::error!("stopping the engine: {e}");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! A running stage: its channels, its executors, and the two helper threads
+//! that do blocking waits so that executors never block: the statistics
+//! publisher and the egress reader.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use glommio::ExecutorJoinHandle;
+use shm_bus::{AttachError, BusDir, ChannelOptions, Event, Producer, Reader, ReaderOptions};
+
+use crate::config::TcpServerConfig;
+use crate::records::{self, SocketStats};
+use crate::stats;
+use crate::sys::OpenConnections;
+use crate::tcp_server::{self, AcceptorSetup, BoundAddress, Command, Egress, ExecutorSetup, InboxSender};
+use crate::{EngineError, executor};
+
+/// Names of a stage's channels.
+pub fn channel_name(stage: &str, channel: &str) -> String {
+    format!("{stage}/{channel}")
+}
+
+/// Channel suffixes.
+pub const PACKET_GROUP: &str = "packet_group";
+pub const CONNECTION_EVENTS: &str = "connection_events";
+pub const SOCKET_STATS: &str = "socket_stats";
+pub const EGRESS_PACKETS: &str = "egress_packets";
+
+/// Ring size of the small control channels (events, stats).
+const CONTROL_RING: u64 = 1 << 20;
+/// How long the egress thread sleeps between attach attempts while no
+/// process publishes egress.
+const EGRESS_ATTACH_RETRY: Duration = Duration::from_millis(200);
+
+/// A running stage, owned by the engine handle.
+pub(crate) struct Stage {
+    pub(crate) name: String,
+    executors: Vec<ExecutorJoinHandle<()>>,
+    inboxes: Vec<InboxSender>,
+    pub(crate) bound: Arc<BoundAddress>,
+    pub(crate) latest_stats: Arc<Mutex<Option<SocketStats>>>,
+    stats_thread: Option<JoinHandle<()>>,
+    egress_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// Dropped last: marks the channels ended once everything is published.
+    producers: Vec<Producer>,
+}
+
+impl Stage {
+    /// Stops accepting, closes the connections, publishes what is pending,
+    /// and marks the channels ended.
+    pub(crate) fn stop(mut self) -> Result<(), EngineError> {
+        for inbox in &self.inboxes {
+            inbox.send(Command::Stop);
+        }
+        let mut result = Ok(());
+        for handle in self.executors.drain(..) {
+            if let Err(e) = handle.join() {
+                result = Err(EngineError::Executor {
+                    stage: self.name.clone(),
+                    core: None,
+                    message: e.to_string(),
+                });
+            }
+        }
+        if let Some((stop, thread)) = self.egress_thread.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+        // The executors' stats senders are gone: the thread publishes a last
+        // record and ends.
+        if let Some(thread) = self.stats_thread.take() {
+            let _ = thread.join();
+        }
+        self.producers.clear();
+        result
+    }
+}
+
+/// Starts a TCP server stage publishing into `bus`.
+pub(crate) fn start_tcp_server(
+    bus: &BusDir,
+    mode: u32,
+    config: TcpServerConfig,
+) -> Result<Stage, EngineError> {
+    let placements = executor::placements(&config.thread_processor_affinity);
+    let shards = placements.len() as u32;
+    let create = |channel: &str, capacity: u64, shards: u32| {
+        let name = channel_name(&config.name, channel);
+        Producer::create(bus, &name, ChannelOptions { shards, capacity, mode, ..Default::default() })
+            .map_err(|source| EngineError::Channel { name, source })
+    };
+    let packets = create(PACKET_GROUP, config.ring_size_b, shards)?;
+    let events = create(CONNECTION_EVENTS, CONTROL_RING, shards)?;
+    let stats_channel = create(SOCKET_STATS, CONTROL_RING, 1)?;
+
+    let latest_stats = Arc::new(Mutex::new(None));
+    let (sink, stats_thread) = stats::spawn_publisher(
+        config.name.clone(),
+        stats_channel
+            .shard(0)
+            .map_err(|source| EngineError::Channel { name: config.name.clone(), source })?,
+        placements.len(),
+        latest_stats.clone(),
+    );
+
+    let mut senders = Vec::new();
+    let mut inboxes = Vec::new();
+    for _ in &placements {
+        let (tx, rx) =
+            tcp_server::inbox().map_err(|source| EngineError::Io { stage: config.name.clone(), source })?;
+        senders.push(tx);
+        inboxes.push(rx);
+    }
+    let bound = Arc::new(BoundAddress::default());
+    let open = Arc::new(OpenConnections::default());
+    let io_error = |source| EngineError::Io { stage: config.name.clone(), source };
+    let mut acceptor = Some(AcceptorSetup {
+        executors: senders.iter().map(InboxSender::try_clone).collect::<Result<_, _>>().map_err(io_error)?,
+        bound: bound.clone(),
+    });
+    let config = Arc::new(config);
+    let mut executors = Vec::new();
+    for (index, (core, inbox)) in placements.iter().zip(inboxes).enumerate() {
+        let shard = |p: &Producer| {
+            p.shard(index as u32).map_err(|source| EngineError::Channel { name: p.name().to_owned(), source })
+        };
+        let setup = ExecutorSetup {
+            index,
+            config: config.clone(),
+            packets: shard(&packets)?,
+            events: shard(&events)?,
+            inbox,
+            open: open.clone(),
+            stats: sink.clone(),
+            acceptor: acceptor.take(),
+        };
+        executors.push(executor::spawn(&config.name, index, *core, config.thread_priority, move || {
+            tcp_server::run_executor(setup)
+        })?);
+    }
+    drop(sink);
+    let egress_thread = spawn_egress_reader(bus.clone(), config.name.clone(), &senders)
+        .map_err(|e| EngineError::Io { stage: config.name.clone(), source: e })?;
+
+    Ok(Stage {
+        name: config.name.clone(),
+        executors,
+        inboxes: senders,
+        bound,
+        latest_stats,
+        stats_thread: Some(stats_thread),
+        egress_thread: Some(egress_thread),
+        producers: vec![packets, events, stats_channel],
+    })
+}
+
+/// Reads `<stage>/egress_packets` (published by any process) and hands
+/// each record to every executor. A thread, because waiting on the bus is
+/// a blocking futex wait that must not stall an executor.
+fn spawn_egress_reader(
+    bus: BusDir,
+    stage: String,
+    executors: &[InboxSender],
+) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let executors = executors.iter().map(InboxSender::try_clone).collect::<Result<Vec<_>, _>>()?;
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new().name(format!("{stage}-egress")).spawn(move || {
+        let channel = channel_name(&stage, EGRESS_PACKETS);
+        let stopped = || !matches!(stop_rx.try_recv(), Err(mpsc::TryRecvError::Empty));
+        let mut last_error = String::new();
+        while !stopped() {
+            let mut reader = match Reader::attach(&bus, &channel, ReaderOptions::gated()) {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let text = e.to_string();
+                    if !matches!(e, AttachError::NotFound { .. }) && text != last_error {
+                        tracing::warn!("stage {stage}: cannot read egress: {text}");
+                    }
+                    last_error = text;
+                    std::thread::sleep(EGRESS_ATTACH_RETRY);
+                    continue;
+                }
+            };
+            while !stopped() {
+                match reader.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Some(Event::Record(sample))) => {
+                        if sample.kind() != records::KIND_EGRESS {
+                            continue;
+                        }
+                        match records::decode_egress(sample.payload()) {
+                            Ok((header, bytes)) => {
+                                let egress =
+                                    Arc::new(Egress { target: header.target, bytes: bytes.to_vec() });
+                                for executor in &executors {
+                                    executor.send(Command::Egress(egress.clone()));
+                                }
+                            }
+                            Err(e) => tracing::warn!("stage {stage}: bad egress record: {e}"),
+                        }
+                    }
+                    Ok(Some(Event::Ended)) => std::thread::sleep(EGRESS_ATTACH_RETRY),
+                    Ok(Some(Event::Restarted { .. })) | Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("stage {stage}: egress channel: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    })?;
+    Ok((stop_tx, thread))
+}
