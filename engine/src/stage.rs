@@ -65,7 +65,7 @@ impl Stage {
             }
         }
         if let Some((stop, thread)) = self.egress_thread.take() {
-            let _ = stop.send(());
+            drop(stop); // the thread ends when it sees the channel closed
             let _ = thread.join();
         }
         // The executors' stats senders are gone: the thread publishes a last
@@ -168,7 +168,7 @@ fn spawn_egress_reader(
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new().name(format!("{stage}-egress")).spawn(move || {
         let channel = channel_name(&stage, EGRESS_PACKETS);
-        let stopped = || !matches!(stop_rx.try_recv(), Err(mpsc::TryRecvError::Empty));
+        let stopped = || matches!(stop_rx.try_recv(), Err(mpsc::TryRecvError::Disconnected));
         let mut last_error = String::new();
         while !stopped() {
             let mut reader = match Reader::attach(&bus, &channel, ReaderOptions::gated()) {
