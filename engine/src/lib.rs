@@ -13,25 +13,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! A TCP server stage named `N` publishes:
+//! A TCP server or client stage named `N` publishes:
 //! - `N/packet_group`: TcpPacketGroup records (see `RECORDS.md`), one shard
 //!   per executor;
 //! - `N/connection_events`: connected / disconnected events;
 //! - `N/socket_stats`: SocketStats once a second;
 //!
 //! and writes the records any process publishes on `N/egress_packets` to
-//! its clients.
+//! its connections.
 
 #![deny(unsafe_code)]
 
 pub mod config;
+mod connection;
 mod executor;
+mod inbox;
 mod ingest;
 pub mod records;
 mod stage;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
+mod tcp_client;
 mod tcp_server;
 
 use std::net::SocketAddr;
@@ -41,7 +44,7 @@ use shm_bus::BusDir;
 
 pub use stage::{CONNECTION_EVENTS, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name};
 
-use crate::config::TcpServerConfig;
+use crate::config::{EngineConfig, TcpClientConfig, TcpServerConfig};
 use crate::records::SocketStats;
 use crate::stage::Stage;
 
@@ -64,12 +67,20 @@ pub struct Engine {
     bus: BusDir,
     mode: u32,
     tcp_servers: Vec<TcpServerConfig>,
+    tcp_clients: Vec<TcpClientConfig>,
 }
 
 impl Engine {
     /// An engine publishing into `bus`, with channel files of mode 0600.
     pub fn new(bus: BusDir) -> Self {
-        Self { bus, mode: 0o600, tcp_servers: Vec::new() }
+        Self { bus, mode: 0o600, tcp_servers: Vec::new(), tcp_clients: Vec::new() }
+    }
+
+    /// An engine with every stage of a daemon configuration. `bus` is
+    /// where to publish (the caller decides between `config.bus.dir`, a
+    /// command-line override and the environment).
+    pub fn from_config(bus: BusDir, config: EngineConfig) -> Self {
+        Self { bus, mode: config.bus.mode, tcp_servers: config.tcp_server, tcp_clients: config.tcp_client }
     }
 
     /// Permission bits of the channel files (e.g. 0o640 to let a group read).
@@ -84,17 +95,30 @@ impl Engine {
         self
     }
 
+    /// Adds a TCP client stage.
+    pub fn tcp_client(mut self, config: TcpClientConfig) -> Self {
+        self.tcp_clients.push(config);
+        self
+    }
+
     /// Creates the channels and starts every stage's executors. Binding
     /// happens in the background (retried until it works): see
     /// [`EngineHandle::wait_bound`].
     pub fn start(self) -> Result<EngineHandle, EngineError> {
         let mut handle = EngineHandle { stages: Vec::new() };
-        for config in self.tcp_servers {
-            if handle.stages.iter().any(|s| s.name == config.name) {
-                return Err(EngineError::DuplicateStage(config.name));
+        let names = self.tcp_servers.iter().map(|c| &c.name).chain(self.tcp_clients.iter().map(|c| &c.name));
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if !seen.insert(name) {
+                return Err(EngineError::DuplicateStage(name.clone()));
             }
-            // On error, `handle` drops and stops what already started.
+        }
+        // On error, `handle` drops and stops what already started.
+        for config in self.tcp_servers {
             handle.stages.push(stage::start_tcp_server(&self.bus, self.mode, config)?);
+        }
+        for config in self.tcp_clients {
+            handle.stages.push(stage::start_tcp_client(&self.bus, self.mode, config)?);
         }
         Ok(handle)
     }
@@ -120,9 +144,9 @@ impl EngineHandle {
         self.stages.iter().find(|s| s.name == name)
     }
 
-    /// The address stage `name` listens on, once bound (waits up to
-    /// `timeout`; `None` if it is not bound by then or there is no such
-    /// stage).
+    /// The address server stage `name` listens on, once bound (waits up to
+    /// `timeout`; `None` if it is not bound by then, or there is no such
+    /// server stage).
     pub fn wait_bound(&self, name: &str, timeout: Duration) -> Option<SocketAddr> {
         self.stage(name)?.bound.wait(timeout)
     }

@@ -10,11 +10,14 @@ use std::time::Duration;
 use glommio::ExecutorJoinHandle;
 use shm_bus::{AttachError, BusDir, ChannelOptions, Event, Producer, Reader, ReaderOptions};
 
-use crate::config::TcpServerConfig;
+use crate::config::{TcpClientConfig, TcpServerConfig};
+use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
+use crate::inbox::{self, Command, Egress, InboxSender};
 use crate::records::{self, SocketStats};
 use crate::stats;
 use crate::sys::OpenConnections;
-use crate::tcp_server::{self, AcceptorSetup, BoundAddress, Command, Egress, ExecutorSetup, InboxSender};
+use crate::tcp_client::ConnectorSetup;
+use crate::tcp_server::{AcceptorSetup, BoundAddress};
 use crate::{EngineError, executor};
 
 /// Names of a stage's channels.
@@ -78,29 +81,79 @@ impl Stage {
     }
 }
 
-/// Starts a TCP server stage publishing into `bus`.
+/// Starts a TCP server stage publishing into `bus`: one executor per
+/// configured core, executor 0 accepting.
 pub(crate) fn start_tcp_server(
     bus: &BusDir,
     mode: u32,
     config: TcpServerConfig,
 ) -> Result<Stage, EngineError> {
     let placements = executor::placements(&config.thread_processor_affinity);
-    let shards = placements.len() as u32;
-    let create = |channel: &str, capacity: u64, shards: u32| {
-        let name = channel_name(&config.name, channel);
-        Producer::create(bus, &name, ChannelOptions { shards, capacity, mode, ..Default::default() })
-            .map_err(|source| EngineError::Channel { name, source })
+    let bound = Arc::new(BoundAddress::default());
+    let plan = StagePlan {
+        settings: ConnectionSettings::from(&config),
+        ring_size_b: config.ring_size_b,
+        priority: config.thread_priority,
+        placements,
+        bound: bound.clone(),
     };
-    let packets = create(PACKET_GROUP, config.ring_size_b, shards)?;
+    start(bus, mode, plan, |executors| Role::Acceptor(AcceptorSetup { config, executors, bound }))
+}
+
+/// Starts a TCP client stage publishing into `bus`: one connection at a
+/// time, so one executor, on the first configured core.
+pub(crate) fn start_tcp_client(
+    bus: &BusDir,
+    mode: u32,
+    config: TcpClientConfig,
+) -> Result<Stage, EngineError> {
+    let placements = executor::placements(&config.thread_processor_affinity).into_iter().take(1).collect();
+    let plan = StagePlan {
+        settings: ConnectionSettings::from(&config),
+        ring_size_b: config.ring_size_b,
+        priority: config.thread_priority,
+        placements,
+        bound: Arc::new(BoundAddress::default()),
+    };
+    start(bus, mode, plan, |_| Role::Connector(ConnectorSetup { config }))
+}
+
+/// What differs between stage kinds, for [`start`].
+struct StagePlan {
+    settings: ConnectionSettings,
+    ring_size_b: u64,
+    priority: u8,
+    placements: Vec<Option<usize>>,
+    bound: Arc<BoundAddress>,
+}
+
+/// Creates the stage's channels and threads. Executor 0 gets the role made
+/// by `opener` (given every executor's inbox); the others serve the
+/// connections they are handed.
+fn start(
+    bus: &BusDir,
+    mode: u32,
+    plan: StagePlan,
+    opener: impl FnOnce(Vec<InboxSender>) -> Role,
+) -> Result<Stage, EngineError> {
+    let StagePlan { settings, ring_size_b, priority, placements, bound } = plan;
+    let stage = settings.stage.clone();
+    let shards = placements.len() as u32;
+    let channel_error = |name: String| move |source| EngineError::Channel { name, source };
+    let io_error = |source| EngineError::Io { stage: stage.clone(), source };
+    let create = |channel: &str, capacity: u64, shards: u32| {
+        let name = channel_name(&stage, channel);
+        Producer::create(bus, &name, ChannelOptions { shards, capacity, mode, ..Default::default() })
+            .map_err(channel_error(name))
+    };
+    let packets = create(PACKET_GROUP, ring_size_b, shards)?;
     let events = create(CONNECTION_EVENTS, CONTROL_RING, shards)?;
     let stats_channel = create(SOCKET_STATS, CONTROL_RING, 1)?;
 
     let latest_stats = Arc::new(Mutex::new(None));
     let (sink, stats_thread) = stats::spawn_publisher(
-        config.name.clone(),
-        stats_channel
-            .shard(0)
-            .map_err(|source| EngineError::Channel { name: config.name.clone(), source })?,
+        stage.clone(),
+        stats_channel.shard(0).map_err(channel_error(stats_channel.name().to_owned()))?,
         placements.len(),
         latest_stats.clone(),
     );
@@ -108,44 +161,34 @@ pub(crate) fn start_tcp_server(
     let mut senders = Vec::new();
     let mut inboxes = Vec::new();
     for _ in &placements {
-        let (tx, rx) =
-            tcp_server::inbox().map_err(|source| EngineError::Io { stage: config.name.clone(), source })?;
+        let (tx, rx) = inbox::inbox().map_err(io_error)?;
         senders.push(tx);
         inboxes.push(rx);
     }
-    let bound = Arc::new(BoundAddress::default());
+    let mut opener =
+        Some(opener(senders.iter().map(InboxSender::try_clone).collect::<Result<_, _>>().map_err(io_error)?));
     let open = Arc::new(OpenConnections::default());
-    let io_error = |source| EngineError::Io { stage: config.name.clone(), source };
-    let mut acceptor = Some(AcceptorSetup {
-        executors: senders.iter().map(InboxSender::try_clone).collect::<Result<_, _>>().map_err(io_error)?,
-        bound: bound.clone(),
-    });
-    let config = Arc::new(config);
     let mut executors = Vec::new();
     for (index, (core, inbox)) in placements.iter().zip(inboxes).enumerate() {
-        let shard = |p: &Producer| {
-            p.shard(index as u32).map_err(|source| EngineError::Channel { name: p.name().to_owned(), source })
-        };
+        let shard = |p: &Producer| p.shard(index as u32).map_err(channel_error(p.name().to_owned()));
         let setup = ExecutorSetup {
             index,
-            config: config.clone(),
+            settings: settings.clone(),
             packets: shard(&packets)?,
             events: shard(&events)?,
             inbox,
             open: open.clone(),
             stats: sink.clone(),
-            acceptor: acceptor.take(),
+            role: opener.take().unwrap_or(Role::Worker),
         };
-        executors.push(executor::spawn(&config.name, index, *core, config.thread_priority, move || {
-            tcp_server::run_executor(setup)
-        })?);
+        executors
+            .push(executor::spawn(&stage, index, *core, priority, move || connection::run_executor(setup))?);
     }
     drop(sink);
-    let egress_thread = spawn_egress_reader(bus.clone(), config.name.clone(), &senders)
-        .map_err(|e| EngineError::Io { stage: config.name.clone(), source: e })?;
+    let egress_thread = spawn_egress_reader(bus.clone(), stage.clone(), &senders).map_err(io_error)?;
 
     Ok(Stage {
-        name: config.name.clone(),
+        name: stage,
         executors,
         inboxes: senders,
         bound,

@@ -62,6 +62,8 @@ pub(crate) struct ExecutorReport {
     pub(crate) executor: usize,
     pub(crate) publish: PublishCounters,
     pub(crate) rejected: u64,
+    /// Egress records no open connection was there to take.
+    pub(crate) egress_unconnected_drops: u64,
     pub(crate) connections: Vec<(u64, ConnectionCounters)>,
     /// Sums over the executor's closed connections.
     pub(crate) closed: ClosedTotals,
@@ -163,6 +165,7 @@ impl Publisher {
             stage.groups_published += report.publish.groups;
             stage.backpressure_stalls += report.publish.stalls;
             stage.rejected_connections += report.rejected;
+            totals.egress_drops += report.egress_unconnected_drops;
             stage.open_connections += report.connections.len() as u64;
             totals.bytes_received += report.publish.bytes;
             totals.packets_received += report.publish.packets;

@@ -46,7 +46,8 @@ pub struct ShardInfo {
     pub tail_pos: u64,
     pub records_written: u64,
     pub bytes_written: u64,
-    /// Reservations refused because a gated reader held the space.
+    /// Times the shard became full because a gated reader held the space
+    /// (episodes, not retries).
     pub full_count: u64,
     /// Release stores that published a batch.
     pub publish_count: u64,

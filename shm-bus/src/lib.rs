@@ -43,11 +43,13 @@ pub use error::{AttachError, CreateError, RecvError, ReserveError};
 #[cfg(not(loom))]
 pub use introspect::{ChannelInfo, ChannelListing, ReaderInfo, ShardInfo, channel_info, list_channels};
 #[cfg(not(loom))]
-pub use liveness::{FOREIGN_HEARTBEAT_TIMEOUT, realtime_ns};
+pub use liveness::FOREIGN_HEARTBEAT_TIMEOUT;
 #[cfg(not(loom))]
 pub use producer::{PendingRecord, Producer, Reservation, ShardWriter};
 #[cfg(not(loom))]
 pub use reader::{Event, Reader, ReaderOptions, ReaderStats, Sample, StartAt};
+#[cfg(not(loom))]
+pub use ring::realtime_ns;
 
 #[cfg(loom)]
 #[doc(hidden)]

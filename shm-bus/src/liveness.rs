@@ -5,6 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub(crate) use crate::ring::realtime_ns;
 use crate::ring::{ReaderIdentity, SlotSnapshot, monotonic_ns};
 
 /// A reader in another pid namespace is judged by its heartbeat instead of
@@ -66,14 +67,6 @@ pub(crate) fn slot_holder_dead(slot: &SlotSnapshot) -> bool {
             monotonic_ns().saturating_sub(slot.heartbeat_ns) > FOREIGN_HEARTBEAT_TIMEOUT.as_nanos() as u64
         }
     }
-}
-
-/// Nanoseconds since the Unix epoch (`CLOCK_REALTIME`).
-pub fn realtime_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

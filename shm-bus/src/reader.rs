@@ -406,12 +406,21 @@ impl Reader {
     /// The next event, busy-polling up to `timeout` (lowest latency; burns a
     /// core, so never use it at real-time priority).
     pub fn recv_spin(&mut self, timeout: Duration) -> Result<Option<Event<'_>>, RecvError> {
-        let deadline = Instant::now() + timeout;
+        // The hot loop only peeks the shards; clocks and the channel's
+        // lifecycle are looked at every few thousand spins.
+        const SPINS_PER_CHECK: u32 = 4096;
+        let mut deadline = None;
         let mut spins = 0u32;
-        while !self.ready()? {
+        while self.next_head()?.is_none() {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && Instant::now() >= deadline {
-                return Ok(None);
+            if spins % SPINS_PER_CHECK == 0 {
+                if self.ready()? {
+                    break;
+                }
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
             }
             std::hint::spin_loop();
         }

@@ -321,10 +321,22 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
 /// host, so heartbeats written by one process can be aged by another.
 #[cfg(not(loom))]
 pub(crate) fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Nanoseconds since the Unix epoch (`CLOCK_REALTIME`), the default record
+/// timestamp. A direct vDSO call: this runs once per record.
+#[cfg(not(loom))]
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+#[cfg(not(loom))]
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
-    // exists on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec and `clock` one of the
+    // clocks Linux always has, so the call cannot fail.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -735,8 +747,15 @@ pub(crate) struct WriterCore {
     writable_limit: u64,
     /// Minimum position of the gated readers at the last scan.
     gate_limit: u64,
-    /// Pid of the reader that set `gate_limit`, for error reports.
+    /// Slot and pid of the reader that set `gate_limit`: while the writer is
+    /// full, only this slot is re-checked, not all of them.
+    gate_holder_slot: usize,
     gate_holder: u32,
+    /// Whether the last reservation failed (one `full_count` per episode).
+    full: bool,
+    /// Reservations refused in a row: reaping dead readers is considered
+    /// only every so often, not on every retry.
+    refused_in_a_row: u32,
     /// Registration count at the last scan.
     seen_registrations: u64,
     next_seq: u64,
@@ -771,7 +790,10 @@ impl WriterCore {
             tail: 0,
             writable_limit: 0,
             gate_limit: u64::MAX,
+            gate_holder_slot: 0,
             gate_holder: 0,
+            full: false,
+            refused_in_a_row: 0,
             seen_registrations: u64::MAX,
             next_seq: 0,
             bytes_committed: 0,
@@ -911,16 +933,33 @@ impl WriterCore {
         self.shard.data.u64_at(off).store(value, Ordering::Relaxed);
     }
 
-    fn count_full(&self) {
-        let w = self.shard.header.u64_at(shard_header::FULL_COUNT);
-        // Relaxed: a statistic with a single writer.
-        w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    /// Refuses a reservation: counts the episode (not every retry) and
+    /// names the reader that holds the space.
+    fn refuse(&mut self) -> NoSpace {
+        if !self.full {
+            self.full = true;
+            let w = self.shard.header.u64_at(shard_header::FULL_COUNT);
+            // Relaxed: a statistic with a single writer.
+            w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
+        NoSpace::Gated { reader_pid: self.gate_holder }
+    }
+
+    /// While full: whether the reader that blocked us last time still holds
+    /// `target`. One slot's words instead of a scan of every slot.
+    fn still_blocked_by_holder(&self, target: u64) -> bool {
+        let slot = self.gate_holder_slot;
+        // Acquire: as in `scan_gates`.
+        self.slots.state_word(slot).load(Ordering::Acquire) == slot_state::GATED
+            && self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) < target
     }
 
     /// Rescans the gated readers' positions for this shard.
     fn scan_gates(&mut self) {
         let mut limit = u64::MAX;
         let mut holder = 0;
+        let mut holder_slot = 0;
         for slot in 0..self.slots.count {
             // Acquire: pairs with the Release state store in `activate`
             // (the positions stored before it are visible) and with the
@@ -929,6 +968,7 @@ impl WriterCore {
                 let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire);
                 if pos < limit {
                     limit = pos;
+                    holder_slot = slot;
                     // Relaxed: only for the error message.
                     holder = self
                         .slots
@@ -940,6 +980,7 @@ impl WriterCore {
         }
         self.gate_limit = limit;
         self.gate_holder = holder;
+        self.gate_holder_slot = holder_slot;
     }
 
     /// Frees the slots of gated readers behind `target` whose process is
@@ -981,16 +1022,21 @@ impl WriterCore {
             self.publish();
         }
         let regs = self.slots_registrations();
+        // Retrying while full: the cheap check first. Reaping is considered
+        // on the first refusal and every 64th after.
+        let may_reap = self.refused_in_a_row % 64 == 0;
+        if self.full && regs == self.seen_registrations && !may_reap && self.still_blocked_by_holder(target) {
+            return Err(self.refuse());
+        }
         if regs != self.seen_registrations || self.gate_limit < target {
             self.seen_registrations = regs;
             self.scan_gates();
         }
-        if self.gate_limit < target && self.reap_dead(target) {
+        if self.gate_limit < target && may_reap && self.reap_dead(target) {
             self.scan_gates();
         }
         if self.gate_limit < target {
-            self.count_full();
-            return Err(NoSpace::Gated { reader_pid: self.gate_holder });
+            return Err(self.refuse());
         }
 
         // The first record boundary at or after `target`, then whole records
@@ -1022,11 +1068,12 @@ impl WriterCore {
             self.seen_registrations = regs;
             self.scan_gates();
             if self.gate_limit < target {
-                self.count_full();
-                return Err(NoSpace::Gated { reader_pid: self.gate_holder });
+                return Err(self.refuse());
             }
         }
         self.writable_limit = self.tail.min(self.gate_limit);
+        self.full = false;
+        self.refused_in_a_row = 0;
         Ok(())
     }
 

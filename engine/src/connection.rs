@@ -1,0 +1,505 @@
+//! What every executor of a TCP stage runs, whichever side opened the
+//! connections: the inbox loop, one task per connection (receive straight
+//! into the executor's open group, and send its egress buffer), the flusher
+//! that publishes partial groups, and the statistics reporter.
+//!
+//! A connection lives on one executor for its whole life. Its task waits
+//! for readability and reads straight into the executor's open group
+//! ([`GroupPublisher`]). The flusher publishes a partial group as soon as a
+//! turn of the executor adds no packet (latency first), and at the latest
+//! after `group_timeout_us`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::io::PollableFd;
+use glommio::timer::sleep;
+use glommio::{Task, spawn_local};
+use shm_bus::ShardWriter;
+use socket2::{Socket, TcpKeepalive};
+
+use crate::inbox::{Command, Egress, Inbox, NewConnection};
+use crate::ingest::{EventPublisher, GroupPublisher, Received};
+use crate::records::{Addr, ConnectionEvent, DisconnectReason};
+use crate::stats::{ClosedTotals, ConnectionCounters, ExecutorReport, StatsSink};
+use crate::sys::OpenConnections;
+use crate::tcp_client::{self, ConnectorSetup};
+use crate::tcp_server::{self, AcceptorSetup};
+
+/// Receives per connection before it yields to the others.
+const RECVS_PER_TURN: usize = 16;
+/// While the channel is full, a connection retries at most this often.
+const MAX_STALL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// The keys of a stage's configuration that its connections use, whichever
+/// side opened them.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) stage: String,
+    pub(crate) group_size: u32,
+    pub(crate) group_timeout_us: u64,
+    pub(crate) enable_nodelay: bool,
+    pub(crate) data_receive_timeout_ms: u64,
+    pub(crate) egress_buffer_size_b: u64,
+    pub(crate) kernel_receive_buffer_size_b: u64,
+    pub(crate) kernel_transmit_buffer_size_b: u64,
+    pub(crate) keepalive_s: u64,
+}
+
+/// What the executor does besides serving connections.
+pub(crate) enum Role {
+    /// Executor 0 of a server stage: accepts and hands connections out.
+    Acceptor(AcceptorSetup),
+    /// The executor of a client stage: connects and reconnects.
+    Connector(ConnectorSetup),
+    /// Serves the connections it is handed.
+    Worker,
+}
+
+/// Everything one executor of the stage shares between its tasks.
+pub(crate) struct Executor {
+    pub(crate) index: usize,
+    pub(crate) settings: ConnectionSettings,
+    groups: RefCell<GroupPublisher>,
+    pub(crate) events: RefCell<EventPublisher>,
+    /// Packets committed so far: the flusher compares it across a turn to
+    /// tell a busy executor from an idle one.
+    packets: Cell<u64>,
+    flush_kick: LocalSender<()>,
+    connections: RefCell<HashMap<u64, Connection>>,
+    pub(crate) open: Arc<OpenConnections>,
+    /// Connections refused over `maximum_connections` (acceptor only).
+    pub(crate) rejected: Cell<u64>,
+    closed: RefCell<ClosedTotals>,
+    warned_clamp: Cell<bool>,
+    /// Egress records dropped because no connection they were meant for
+    /// was open (counted on executor 0 only).
+    egress_unconnected_drops: Cell<u64>,
+}
+
+/// A live connection, as its executor tracks it.
+struct Connection {
+    task: Task<DisconnectReason>,
+    counters: Rc<RefCell<ConnectionCounters>>,
+    egress: Rc<EgressQueue>,
+}
+
+/// A connection's egress buffer: at most `egress_buffer_size_b` bytes wait
+/// for the socket; a record that does not fit is dropped and counted, so a
+/// slow client neither grows memory nor stalls the others.
+struct EgressQueue {
+    bytes: RefCell<VecDeque<u8>>,
+    capacity: usize,
+    kick: LocalSender<()>,
+}
+
+impl EgressQueue {
+    /// Queues `data` whole, or drops it; returns whether it was queued.
+    fn push(&self, data: &[u8]) -> bool {
+        let mut bytes = self.bytes.borrow_mut();
+        if bytes.len() + data.len() > self.capacity {
+            return false;
+        }
+        bytes.extend(data);
+        let _ = self.kick.try_send(());
+        true
+    }
+}
+
+/// What a stage's executor needs to start.
+pub(crate) struct ExecutorSetup {
+    pub(crate) index: usize,
+    pub(crate) settings: ConnectionSettings,
+    pub(crate) packets: ShardWriter,
+    pub(crate) events: ShardWriter,
+    pub(crate) inbox: Inbox,
+    pub(crate) open: Arc<OpenConnections>,
+    pub(crate) stats: StatsSink,
+    pub(crate) role: Role,
+}
+
+/// Runs one executor of the stage until told to stop.
+pub(crate) async fn run_executor(setup: ExecutorSetup) {
+    let ExecutorSetup { index, settings, packets, events, inbox, open, stats, role } = setup;
+    let (flush_kick, flush_wait) = local_channel::new_bounded(1);
+    let exec = Rc::new(Executor {
+        index,
+        groups: RefCell::new(GroupPublisher::new(packets, settings.group_size)),
+        events: RefCell::new(EventPublisher::new(events)),
+        packets: Cell::new(0),
+        flush_kick,
+        connections: RefCell::new(HashMap::new()),
+        open,
+        rejected: Cell::new(0),
+        closed: RefCell::new(ClosedTotals::default()),
+        egress_unconnected_drops: Cell::new(0),
+        warned_clamp: Cell::new(false),
+        settings,
+    });
+    let flusher = spawn_local(flusher(exec.clone(), flush_wait));
+    let reporter = spawn_local(report_stats(exec.clone(), stats));
+    let opener = match role {
+        Role::Acceptor(setup) => Some(spawn_local(tcp_server::accept_loop(exec.clone(), setup))),
+        Role::Connector(setup) => Some(spawn_local(tcp_client::connect_loop(exec.clone(), setup))),
+        Role::Worker => None,
+    };
+    let inbox = match inbox.poll_here() {
+        Ok(inbox) => inbox,
+        Err(e) => {
+            tracing::error!("stage {}: executor {index} cannot poll its inbox: {e}", exec.settings.stage);
+            return;
+        }
+    };
+    loop {
+        match inbox.next().await {
+            Command::Connection(conn) => drop(start_connection(&exec, conn)),
+            Command::Egress(egress) => deliver_egress(&exec, &egress),
+            Command::Stop => break,
+        }
+    }
+    // Graceful stop: no new connections, close the open ones, publish what
+    // was received.
+    if let Some(opener) = opener {
+        opener.cancel().await;
+    }
+    let connections: Vec<(u64, Connection)> = exec.connections.borrow_mut().drain().collect();
+    for (id, conn) in connections {
+        if conn.task.cancel().await.is_some() {
+            continue; // it ended on its own meanwhile and reported that
+        }
+        exec.open.close();
+        let c = *conn.counters.borrow();
+        exec.closed.borrow_mut().add(&c);
+        exec.events.borrow_mut().publish(&ConnectionEvent::Disconnected {
+            connection_id: id,
+            reason: DisconnectReason::Shutdown,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            time_ns: shm_bus::realtime_ns(),
+        });
+    }
+    exec.groups.borrow_mut().flush();
+    exec.events.borrow_mut().retry();
+    flusher.cancel().await;
+    reporter.cancel().await;
+}
+
+/// Publishes partial groups: as soon as a turn of the executor added no
+/// packet, or when the oldest packet has waited `group_timeout_us`.
+async fn flusher(exec: Rc<Executor>, kicks: LocalReceiver<()>) {
+    let timeout = Duration::from_micros(exec.settings.group_timeout_us);
+    while kicks.recv().await.is_some() {
+        loop {
+            let before = exec.packets.get();
+            future::yield_now().await;
+            let mut groups = exec.groups.borrow_mut();
+            let Some(age) = groups.open_age() else { break };
+            if exec.packets.get() == before || age >= timeout {
+                groups.flush();
+                break;
+            }
+        }
+        let mut events = exec.events.borrow_mut();
+        if events.has_backlog() {
+            events.retry();
+        }
+    }
+}
+
+/// Sends this executor's counters to the stage's statistics thread once a
+/// second.
+async fn report_stats(exec: Rc<Executor>, sink: StatsSink) {
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        let report = ExecutorReport {
+            executor: exec.index,
+            publish: exec.groups.borrow().counters(),
+            rejected: exec.rejected.get(),
+            egress_unconnected_drops: exec.egress_unconnected_drops.get(),
+            closed: *exec.closed.borrow(),
+            connections: exec
+                .connections
+                .borrow()
+                .iter()
+                .map(|(&id, c)| {
+                    let mut counters = c.counters.borrow_mut();
+                    let report = *counters;
+                    counters.max_packet_recent = 0;
+                    (id, report)
+                })
+                .collect(),
+        };
+        if !sink.send(report) {
+            return;
+        }
+        let mut events = exec.events.borrow_mut();
+        if events.has_backlog() {
+            events.retry();
+        }
+    }
+}
+
+/// Queues an egress record for its target connection(s) on this executor.
+fn deliver_egress(exec: &Executor, egress: &Egress) {
+    let connections = exec.connections.borrow();
+    let mut matched = false;
+    for (&id, conn) in connections.iter() {
+        if egress.target.is_some_and(|t| t != id) {
+            continue;
+        }
+        matched = true;
+        let mut c = conn.counters.borrow_mut();
+        if conn.egress.push(&egress.bytes) {
+            c.packets_out += 1;
+        } else {
+            c.egress_drops += 1;
+            c.egress_dropped_bytes += egress.bytes.len() as u64;
+        }
+    }
+    if !matched && exec.index == 0 {
+        // Every executor sees every record: count it once, on executor 0.
+        exec.egress_unconnected_drops.set(exec.egress_unconnected_drops.get() + 1);
+    }
+}
+
+/// Starts serving `conn` on this executor. The returned receiver yields
+/// (or closes) when the connection has ended.
+pub(crate) fn start_connection(exec: &Rc<Executor>, conn: NewConnection) -> LocalReceiver<()> {
+    let NewConnection { socket, id, peer, local } = conn;
+    let counters = Rc::new(RefCell::new(ConnectionCounters::new(peer)));
+    exec.events.borrow_mut().publish(&ConnectionEvent::Connected {
+        connection_id: id,
+        peer: peer.into(),
+        local: local.into(),
+        time_ns: shm_bus::realtime_ns(),
+    });
+    let (kick, kicked) = local_channel::new_bounded(1);
+    let egress = Rc::new(EgressQueue {
+        bytes: RefCell::new(VecDeque::new()),
+        capacity: exec.settings.egress_buffer_size_b as usize,
+        kick,
+    });
+    let (ended, on_end) = local_channel::new_bounded(1);
+    let serve = serve_connection(exec.clone(), socket, id, peer, counters.clone(), egress.clone(), kicked);
+    let task = spawn_local(async move {
+        let reason = serve.await;
+        let _ = ended.try_send(());
+        reason
+    });
+    exec.connections.borrow_mut().insert(id, Connection { task, counters, egress });
+    on_end
+}
+
+/// One connection's life on its executor, from accept to close: receiving
+/// and sending run side by side until either ends the connection.
+async fn serve_connection(
+    exec: Rc<Executor>,
+    socket: Socket,
+    id: u64,
+    peer: SocketAddr,
+    counters: Rc<RefCell<ConnectionCounters>>,
+    egress: Rc<EgressQueue>,
+    egress_kicks: LocalReceiver<()>,
+) -> DisconnectReason {
+    let reason = match PollableFd::new(socket) {
+        Ok(fd) => {
+            future::or(
+                receive(&exec, &fd, id, peer.into(), &counters),
+                send_egress(&fd, &egress, egress_kicks, &counters),
+            )
+            .await
+        }
+        Err(e) => DisconnectReason::Error(format!("cannot poll the socket: {e}")),
+    };
+    exec.connections.borrow_mut().remove(&id);
+    exec.open.close();
+    let c = *counters.borrow();
+    exec.closed.borrow_mut().add(&c);
+    exec.events.borrow_mut().publish(&ConnectionEvent::Disconnected {
+        connection_id: id,
+        reason: reason.clone(),
+        bytes_in: c.bytes_in,
+        bytes_out: c.bytes_out,
+        time_ns: shm_bus::realtime_ns(),
+    });
+    reason
+}
+
+/// Reads the connection until it ends; returns why it ended.
+async fn receive(
+    exec: &Executor,
+    fd: &PollableFd<Socket>,
+    id: u64,
+    peer: Addr,
+    counters: &RefCell<ConnectionCounters>,
+) -> DisconnectReason {
+    let silence = Duration::from_millis(exec.settings.data_receive_timeout_ms);
+    let mut stall_backoff = Duration::from_micros(50);
+    loop {
+        let readable = async { fd.readable().await.map(|()| true) };
+        let ready = if silence.is_zero() {
+            readable.await
+        } else {
+            future::or(readable, async {
+                sleep(silence).await;
+                Ok(false)
+            })
+            .await
+        };
+        match ready {
+            Ok(true) => {}
+            Ok(false) => return DisconnectReason::ReceiveTimeout,
+            Err(e) => return DisconnectReason::Error(e.to_string()),
+        }
+        for _ in 0..RECVS_PER_TURN {
+            let received = exec.groups.borrow_mut().recv_from(fd.get_ref(), id, peer);
+            match received {
+                Received::Packet(n) => {
+                    counters.borrow_mut().count_packet(n);
+                    exec.packets.set(exec.packets.get() + 1);
+                    stall_backoff = Duration::from_micros(50);
+                    if exec.settings.group_timeout_us == 0 {
+                        exec.groups.borrow_mut().flush();
+                    } else {
+                        let _ = exec.flush_kick.try_send(());
+                    }
+                }
+                Received::WouldBlock => break,
+                Received::Closed => return DisconnectReason::PeerClosed,
+                Received::Error(e) => return DisconnectReason::Error(e.to_string()),
+                Received::Full => {
+                    // A gated reader lags: leave the bytes in the kernel so
+                    // TCP pushes back, and look again shortly.
+                    counters.borrow_mut().stalls += 1;
+                    sleep(stall_backoff).await;
+                    stall_backoff = (stall_backoff * 2).min(MAX_STALL_BACKOFF);
+                    break;
+                }
+            }
+        }
+        future::yield_now().await;
+    }
+}
+
+/// Writes the connection's egress buffer to its socket as the socket takes
+/// it. Returns only when writing fails.
+async fn send_egress(
+    fd: &PollableFd<Socket>,
+    egress: &EgressQueue,
+    kicks: LocalReceiver<()>,
+    counters: &RefCell<ConnectionCounters>,
+) -> DisconnectReason {
+    loop {
+        let written = {
+            let mut bytes = egress.bytes.borrow_mut();
+            if bytes.is_empty() {
+                None
+            } else {
+                let (front, _) = bytes.as_slices();
+                let result = fd.get_ref().write(front);
+                if let Ok(n) = result {
+                    bytes.drain(..n);
+                }
+                Some(result)
+            }
+        };
+        match written {
+            None => {
+                if kicks.recv().await.is_none() {
+                    return DisconnectReason::Shutdown;
+                }
+            }
+            Some(Ok(n)) => counters.borrow_mut().count_sent(n),
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = fd.writable().await {
+                    return DisconnectReason::Error(e.to_string());
+                }
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => return DisconnectReason::Error(e.to_string()),
+        }
+    }
+}
+
+/// Applies the stage's socket options to an accepted connection.
+pub(crate) fn configure(socket: &Socket, config: &ConnectionSettings) -> io::Result<()> {
+    socket.set_tcp_nodelay(config.enable_nodelay)?;
+    if config.keepalive_s > 0 {
+        let secs = Duration::from_secs(config.keepalive_s);
+        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(secs).with_interval(secs))?;
+    }
+    if config.kernel_receive_buffer_size_b > 0 {
+        socket.set_recv_buffer_size(config.kernel_receive_buffer_size_b as usize)?;
+    }
+    if config.kernel_transmit_buffer_size_b > 0 {
+        socket.set_send_buffer_size(config.kernel_transmit_buffer_size_b as usize)?;
+    }
+    Ok(())
+}
+
+impl Executor {
+    /// Warns, once per executor, if the kernel clamped the requested buffer
+    /// sizes (Linux reports twice the usable size it granted; less than
+    /// asked means clamped).
+    pub(crate) fn warn_once_if_clamped(&self, socket: &Socket) {
+        if self.warned_clamp.replace(true) {
+            return;
+        }
+        let s = &self.settings;
+        let checks = [
+            ("kernel_receive_buffer_size_b", s.kernel_receive_buffer_size_b, socket.recv_buffer_size()),
+            ("kernel_transmit_buffer_size_b", s.kernel_transmit_buffer_size_b, socket.send_buffer_size()),
+        ];
+        for (key, asked, got) in checks {
+            if let Ok(got) = got
+                && asked > 0
+                && (got as u64) < asked
+            {
+                tracing::warn!(
+                    "stage {}: {key} = {asked} was clamped by the kernel to {got} \
+                     (raise net.core.rmem_max / wmem_max)",
+                    s.stage
+                );
+            }
+        }
+    }
+}
+
+impl From<&crate::config::TcpServerConfig> for ConnectionSettings {
+    fn from(c: &crate::config::TcpServerConfig) -> Self {
+        Self {
+            stage: c.name.clone(),
+            group_size: c.group_size,
+            group_timeout_us: c.group_timeout_us,
+            enable_nodelay: c.enable_nodelay,
+            data_receive_timeout_ms: c.data_receive_timeout_ms,
+            egress_buffer_size_b: c.egress_buffer_size_b,
+            kernel_receive_buffer_size_b: c.kernel_receive_buffer_size_b,
+            kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
+            keepalive_s: c.keepalive_s,
+        }
+    }
+}
+
+impl From<&crate::config::TcpClientConfig> for ConnectionSettings {
+    fn from(c: &crate::config::TcpClientConfig) -> Self {
+        Self {
+            stage: c.name.clone(),
+            group_size: c.group_size,
+            group_timeout_us: c.group_timeout_us,
+            enable_nodelay: c.enable_nodelay,
+            data_receive_timeout_ms: c.data_receive_timeout_ms,
+            egress_buffer_size_b: c.egress_buffer_size_b,
+            kernel_receive_buffer_size_b: c.kernel_receive_buffer_size_b,
+            kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
+            keepalive_s: c.keepalive_s,
+        }
+    }
+}
