@@ -446,30 +446,36 @@ pub(crate) fn configure(socket: &Socket, config: &ConnectionSettings) -> io::Res
 
 impl Executor {
     /// Warns, once per executor, if the kernel clamped the requested buffer
-    /// sizes (Linux reports twice the usable size it granted; less than
-    /// asked means clamped).
+    /// sizes of `socket`.
     pub(crate) fn warn_once_if_clamped(&self, socket: &Socket) {
         if self.warned_clamp.replace(true) {
             return;
         }
-        let s = &self.settings;
-        let checks = [
-            ("kernel_receive_buffer_size_b", s.kernel_receive_buffer_size_b, socket.recv_buffer_size()),
-            ("kernel_transmit_buffer_size_b", s.kernel_transmit_buffer_size_b, socket.send_buffer_size()),
-        ];
-        for (key, asked, got) in checks {
-            if let Ok(got) = got
-                && asked > 0
-                && (got as u64) < asked
-            {
-                tracing::warn!(
-                    "stage {}: {key} = {asked} was clamped by the kernel to {got} \
-                     (raise net.core.rmem_max / wmem_max)",
-                    s.stage
-                );
-            }
+        for (key, asked, got) in clamped_buffers(socket, &self.settings) {
+            tracing::warn!(
+                "stage {}: {key} = {asked} was clamped by the kernel to {got} \
+                 (raise net.core.rmem_max / wmem_max)",
+                self.settings.stage
+            );
         }
     }
+}
+
+/// The buffer sizes the kernel granted below what was asked: (key, asked,
+/// granted). Linux reports twice the usable size it granted, so less than
+/// asked means clamped.
+fn clamped_buffers(socket: &Socket, settings: &ConnectionSettings) -> Vec<(&'static str, u64, u64)> {
+    let checks = [
+        ("kernel_receive_buffer_size_b", settings.kernel_receive_buffer_size_b, socket.recv_buffer_size()),
+        ("kernel_transmit_buffer_size_b", settings.kernel_transmit_buffer_size_b, socket.send_buffer_size()),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(key, asked, got)| {
+            let got = got.ok()? as u64;
+            (asked > 0 && got < asked).then_some((key, asked, got))
+        })
+        .collect()
 }
 
 impl From<&crate::config::TcpServerConfig> for ConnectionSettings {
@@ -501,5 +507,49 @@ impl From<&crate::config::TcpClientConfig> for ConnectionSettings {
             kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
             keepalive_s: c.keepalive_s,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Type};
+
+    fn settings(receive: u64, transmit: u64) -> ConnectionSettings {
+        ConnectionSettings {
+            stage: "test".into(),
+            group_size: 1,
+            group_timeout_us: 0,
+            enable_nodelay: true,
+            data_receive_timeout_ms: 0,
+            egress_buffer_size_b: 1,
+            kernel_receive_buffer_size_b: receive,
+            kernel_transmit_buffer_size_b: transmit,
+            keepalive_s: 30,
+        }
+    }
+
+    #[test]
+    fn buffer_sizes_are_applied_and_read_back() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let wanted = settings(96 << 10, 48 << 10);
+        configure(&socket, &wanted).unwrap();
+        assert!(socket.recv_buffer_size().unwrap() >= 96 << 10);
+        assert!(socket.send_buffer_size().unwrap() >= 48 << 10);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert!(clamped_buffers(&socket, &wanted).is_empty());
+    }
+
+    #[test]
+    fn a_clamped_buffer_is_reported() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        // Far above any default net.core.rmem_max / wmem_max.
+        let greedy = settings(1 << 30, 1 << 30);
+        configure(&socket, &greedy).unwrap();
+        let clamped = clamped_buffers(&socket, &greedy);
+        assert_eq!(clamped.len(), 2, "{clamped:?}");
+        assert_eq!(clamped[0].0, "kernel_receive_buffer_size_b");
+        assert!(clamped[0].2 < 1 << 30);
     }
 }

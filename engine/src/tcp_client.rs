@@ -156,3 +156,25 @@ async fn connect_to(
     exec.warn_once_if_clamped(&socket);
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let mut ceiling = Duration::from_millis(100);
+        for _ in 0..10 {
+            let delay = backoff.delay();
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+            ceiling = (ceiling * 2).min(Duration::from_millis(1000));
+        }
+        backoff.reset();
+        assert!(backoff.delay() <= Duration::from_millis(100));
+    }
+}

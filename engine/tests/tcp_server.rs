@@ -441,3 +441,47 @@ fn socket_stats_are_published_every_second() {
     assert!(stats.interval_ns > 0);
     engine.stop().unwrap();
 }
+
+/// (scheduling policy, real-time priority) of this process's threads whose
+/// name starts with `prefix` (`/proc/self/task/*/stat` fields 41 and 40).
+fn thread_policies(prefix: &str) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        found.push((fields[38].parse().unwrap(), fields[37].parse().unwrap()));
+    }
+    found
+}
+
+#[test]
+fn thread_priority_runs_executors_under_sched_fifo_when_allowed() {
+    const SCHED_FIFO: u32 = 1;
+    let t = bus();
+    let config = TcpServerConfig { thread_priority: 7, ..server_config("rtprio") };
+    let (engine, addr) = start(&t.bus, config);
+    // The executor runs code once it serves a connection: make sure it has.
+    let mut collector = Collector::attach(&t.bus, "rtprio");
+    let mut client = TcpStream::connect(addr).unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(b"rt").unwrap();
+    collector.until("the data", |c| c.received_from(local) == b"rt");
+    // glommio names the executor thread and its helper thread for blocking
+    // work alike; only the executor itself gets the real-time policy.
+    let policies = thread_policies("rtprio-0");
+    let fifo = policies.iter().filter(|&&(policy, _)| policy == SCHED_FIFO).count();
+    let allowed =
+        std::process::Command::new("chrt").args(["-f", "1", "true"]).status().is_ok_and(|s| s.success());
+    if allowed {
+        assert_eq!(fifo, 1, "{policies:?}");
+        assert!(policies.contains(&(SCHED_FIFO, 7)), "{policies:?}");
+    } else {
+        // Refused (no CAP_SYS_NICE): a warning, and normal priority.
+        assert_eq!(fifo, 0, "{policies:?}");
+    }
+    engine.stop().unwrap();
+}
