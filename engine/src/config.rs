@@ -84,11 +84,11 @@ pub struct TcpServerConfig {
     /// Microseconds after its first packet that a partial group is
     /// published (0..=10_000_000; 0 publishes every packet at once).
     pub group_timeout_us: u64,
-    /// `SCHED_FIFO` priority of the stage's thread (0..=99; 0 keeps the
-    /// normal scheduler).
+    /// `SCHED_FIFO` priority of the stage's executor threads (0..=99; 0
+    /// keeps the normal scheduler).
     pub thread_priority: u8,
-    /// Processor indices (each at most [`MAX_PROCESSOR`], no duplicates) the
-    /// stage's thread may run on; empty: any.
+    /// Processor indices (each at most [`MAX_PROCESSOR`], no duplicates):
+    /// one executor thread pinned to each; empty: one unpinned executor.
     pub thread_processor_affinity: Vec<usize>,
     /// Whether `TCP_NODELAY` is set on accepted connections.
     pub enable_nodelay: bool,
@@ -132,11 +132,11 @@ pub struct TcpClientConfig {
     /// Microseconds after its first packet that a partial group is
     /// published (0..=10_000_000; 0 publishes every packet at once).
     pub group_timeout_us: u64,
-    /// `SCHED_FIFO` priority of the stage's thread (0..=99; 0 keeps the
-    /// normal scheduler).
+    /// `SCHED_FIFO` priority of the stage's executor thread (0..=99; 0
+    /// keeps the normal scheduler).
     pub thread_priority: u8,
-    /// Processor indices (each at most [`MAX_PROCESSOR`], no duplicates) the
-    /// stage's thread may run on; empty: any.
+    /// Processor indices (each at most [`MAX_PROCESSOR`], no duplicates): the
+    /// stage's one executor is pinned to the first; empty: unpinned.
     pub thread_processor_affinity: Vec<usize>,
     /// Whether `TCP_NODELAY` is set on the connection.
     pub enable_nodelay: bool,
@@ -656,11 +656,12 @@ group_size = 64
 # Microseconds after its first packet that a partial group is published,
 # 0..=10000000; 0 publishes every packet at once.
 group_timeout_us = 1000
-# SCHED_FIFO priority of the stage's thread, 0..=99; 0 keeps the normal
-# scheduler.
+# SCHED_FIFO priority of the stage's executor threads, 0..=99; 0 keeps the
+# normal scheduler. Needs CAP_SYS_NICE: when refused, a warning, and normal
+# priority. Executors never spin: an idle one sleeps in the kernel.
 thread_priority = 0
-# Processors (0..=1023, no duplicates) the stage's thread may run on;
-# [] lets it run on any.
+# Processors (0..=1023, no duplicates): one executor thread pinned to each,
+# connections spread over them; [] runs one unpinned executor.
 thread_processor_affinity = []
 # Whether TCP_NODELAY is set on accepted connections.
 enable_nodelay = true
@@ -701,11 +702,11 @@ keepalive_s = 0
 # Microseconds after its first packet that a partial group is published,
 # 0..=10000000; 0 publishes every packet at once.
 # group_timeout_us = 1000
-# SCHED_FIFO priority of the stage's thread, 0..=99; 0 keeps the normal
-# scheduler.
+# SCHED_FIFO priority of the stage's executor thread, 0..=99; 0 keeps the
+# normal scheduler (needs CAP_SYS_NICE, else a warning and normal priority).
 # thread_priority = 0
-# Processors (0..=1023, no duplicates) the stage's thread may run on;
-# [] lets it run on any.
+# Processors (0..=1023, no duplicates): a client stage has one connection,
+# so one executor, pinned to the first listed; [] runs it unpinned.
 # thread_processor_affinity = []
 # Whether TCP_NODELAY is set on the connection.
 # enable_nodelay = true
