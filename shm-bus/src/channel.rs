@@ -263,14 +263,12 @@ fn attach_io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
     move |source| AttachError::Io { op, path: path.to_owned(), source }
 }
 
-/// A name for a temporary file next to `path`, unique to this process.
+/// A name for a temporary file next to `path`, unique to this call: the
+/// pid, and a random number (`create_new` makes a clash an error, not a
+/// shared file).
 fn temp_path(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    // Relaxed: only uniqueness within this process matters.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{file}.tmp.{}.{n}", std::process::id()))
+    path.with_file_name(format!(".{file}.tmp.{}.{:x}", std::process::id(), new_generation()))
 }
 
 /// Creates `path` anew with exactly `mode` and `size` zero bytes, fills its
