@@ -478,37 +478,29 @@ fn clamped_buffers(socket: &Socket, settings: &ConnectionSettings) -> Vec<(&'sta
         .collect()
 }
 
-impl From<&crate::config::TcpServerConfig> for ConnectionSettings {
-    fn from(c: &crate::config::TcpServerConfig) -> Self {
-        Self {
-            stage: c.name.clone(),
-            group_size: c.group_size,
-            group_timeout_us: c.group_timeout_us,
-            enable_nodelay: c.enable_nodelay,
-            data_receive_timeout_ms: c.data_receive_timeout_ms,
-            egress_buffer_size_b: c.egress_buffer_size_b,
-            kernel_receive_buffer_size_b: c.kernel_receive_buffer_size_b,
-            kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
-            keepalive_s: c.keepalive_s,
+/// Both stage configurations name the connection keys alike.
+macro_rules! connection_settings_from {
+    ($config:ty) => {
+        impl From<&$config> for ConnectionSettings {
+            fn from(c: &$config) -> Self {
+                Self {
+                    stage: c.name.clone(),
+                    group_size: c.group_size,
+                    group_timeout_us: c.group_timeout_us,
+                    enable_nodelay: c.enable_nodelay,
+                    data_receive_timeout_ms: c.data_receive_timeout_ms,
+                    egress_buffer_size_b: c.egress_buffer_size_b,
+                    kernel_receive_buffer_size_b: c.kernel_receive_buffer_size_b,
+                    kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
+                    keepalive_s: c.keepalive_s,
+                }
+            }
         }
-    }
+    };
 }
 
-impl From<&crate::config::TcpClientConfig> for ConnectionSettings {
-    fn from(c: &crate::config::TcpClientConfig) -> Self {
-        Self {
-            stage: c.name.clone(),
-            group_size: c.group_size,
-            group_timeout_us: c.group_timeout_us,
-            enable_nodelay: c.enable_nodelay,
-            data_receive_timeout_ms: c.data_receive_timeout_ms,
-            egress_buffer_size_b: c.egress_buffer_size_b,
-            kernel_receive_buffer_size_b: c.kernel_receive_buffer_size_b,
-            kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
-            keepalive_s: c.keepalive_s,
-        }
-    }
-}
+connection_settings_from!(crate::config::TcpServerConfig);
+connection_settings_from!(crate::config::TcpClientConfig);
 
 #[cfg(test)]
 mod tests {
