@@ -20,7 +20,7 @@ use toml::de::{DeTable, DeValue};
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-const TIB: u64 = 1 << 40;
+const GIB4: u64 = 1 << 32;
 
 /// Kernel socket buffer sizes in bytes: `setsockopt` takes a C `int`.
 const KERNEL_BUFFER_RANGE: RangeInclusive<u64> = 0..=i32::MAX as u64;
@@ -105,7 +105,7 @@ pub struct TcpServerConfig {
     /// kernel's default).
     pub kernel_transmit_buffer_size_b: u64,
     /// Bytes of the shared-memory ring per shard of the stage's packet
-    /// channel: a power of two in 64 KiB..=1 TiB.
+    /// channel: a power of two in 64 KiB..=4 GiB.
     pub ring_size_b: u64,
     /// Seconds of idle time before TCP keepalive probes start (0..=86_400;
     /// 0: keepalive off).
@@ -164,7 +164,7 @@ pub struct TcpClientConfig {
     /// 0: keepalive off).
     pub keepalive_s: u64,
     /// Bytes of the shared-memory ring per shard of the stage's packet
-    /// channel: a power of two in 64 KiB..=1 TiB.
+    /// channel: a power of two in 64 KiB..=4 GiB.
     pub ring_size_b: u64,
 }
 
@@ -450,10 +450,10 @@ fn check_affinity(processors: &[usize]) -> Result<(), ConfigError> {
 
 /// Checks that a ring size suits [`shm_bus::ChannelOptions::capacity`].
 fn check_ring_size(bytes: u64) -> Result<(), ConfigError> {
-    if bytes.is_power_of_two() && (64 * KIB..=TIB).contains(&bytes) {
+    if bytes.is_power_of_two() && (64 * KIB..=GIB4).contains(&bytes) {
         return Ok(());
     }
-    let message = format!("must be a power of two in {}..={TIB} (64 KiB..=1 TiB), got {bytes}", 64 * KIB);
+    let message = format!("must be a power of two in {}..={GIB4} (64 KiB..=4 GiB), got {bytes}", 64 * KIB);
     Err(invalid("ring_size_b", message))
 }
 
@@ -678,7 +678,7 @@ kernel_receive_buffer_size_b = 0
 # kernel's default.
 kernel_transmit_buffer_size_b = 0
 # Bytes of shared-memory ring per shard of the packet channel: a power of two
-# in 65536..=1099511627776 (64 KiB..=1 TiB). 64 MiB.
+# in 65536..=4294967296 (64 KiB..=4 GiB). 64 MiB.
 ring_size_b = 67108864
 # Seconds of idle time before TCP keepalive probes start, 0..=86400; 0: off.
 keepalive_s = 0
@@ -733,7 +733,7 @@ keepalive_s = 0
 # Seconds of idle time before TCP keepalive probes start, 0..=86400; 0: off.
 # keepalive_s = 0
 # Bytes of shared-memory ring per shard of the packet channel: a power of two
-# in 65536..=1099511627776 (64 KiB..=1 TiB). 64 MiB.
+# in 65536..=4294967296 (64 KiB..=4 GiB). 64 MiB.
 # ring_size_b = 67108864
 "#;
 
@@ -806,7 +806,7 @@ mod tests {
         ("egress_buffer_size_b", &["1", "1073741824"], &["0", "1073741825"]),
         ("kernel_receive_buffer_size_b", &["0", "2147483647"], &["2147483648", "-1"]),
         ("kernel_transmit_buffer_size_b", &["0", "2147483647"], &["2147483648"]),
-        ("ring_size_b", &["65536", "1099511627776"], &["32768", "100000", "2199023255552", "0"]),
+        ("ring_size_b", &["65536", "4294967296"], &["32768", "100000", "8589934592", "0"]),
         ("keepalive_s", &["0", "86400"], &["86401"]),
     ];
 
@@ -1146,7 +1146,7 @@ mod tests {
         };
         assert_eq!(
             config.validate().unwrap_err().to_string(),
-            "tcp_client[0].ring_size_b: must be a power of two in 65536..=1099511627776 (64 KiB..=1 TiB), \
+            "tcp_client[0].ring_size_b: must be a power of two in 65536..=4294967296 (64 KiB..=4 GiB), \
              got 3145728"
         );
     }

@@ -104,11 +104,18 @@ pub struct ChannelOptions {
     /// it also gets write access to the `.readers` file, which readers need
     /// to register.
     pub mode: u32,
+    /// While every registered reader keeps up, a writer starts over at the
+    /// beginning of its ring once this many bytes of it are used (default
+    /// 4 MiB), so that the memory it writes and readers read stays in the
+    /// CPU cache; when a reader lags, the whole ring is used. The price is
+    /// history: a reader starting at the oldest record finds about this much
+    /// while readers keep up. 0 always uses the whole ring.
+    pub hot_window: u64,
 }
 
 impl Default for ChannelOptions {
     fn default() -> Self {
-        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600 }
+        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600, hot_window: 4 << 20 }
     }
 }
 

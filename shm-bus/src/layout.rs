@@ -38,9 +38,10 @@ pub const KIND_PADDING: u16 = 0xFFFF;
 pub const MAX_SHARDS: u32 = 64;
 /// Most reader slots one channel can have.
 pub const MAX_READER_SLOTS: u32 = 1024;
-/// Smallest and largest data ring per shard.
+/// Smallest and largest data ring per shard. At most 4 GiB, so that every
+/// record and padding length fits the header's 32-bit length.
 pub const MIN_CAPACITY: u64 = 4096;
-pub const MAX_CAPACITY: u64 = 1 << 40;
+pub const MAX_CAPACITY: u64 = 1 << 32;
 /// Longest channel name, in bytes.
 pub const MAX_NAME: usize = 255;
 

@@ -51,7 +51,14 @@ impl Model {
     }
 
     pub fn writer(&self) -> ModelWriter {
-        ModelWriter(WriterCore::new(self.shard.clone(), self.slots.clone(), self.words.clone(), 0, |_| false))
+        ModelWriter(WriterCore::new(
+            self.shard.clone(),
+            self.slots.clone(),
+            self.words.clone(),
+            0,
+            |_| false,
+            0,
+        ))
     }
 
     /// A lossy reader starting at the oldest record.

@@ -31,6 +31,8 @@ pub struct Producer {
     name: String,
     /// Which shards have been handed out.
     taken: Mutex<Vec<bool>>,
+    /// See [`ChannelOptions::hot_window`].
+    hot_window: u64,
 }
 
 impl fmt::Debug for Producer {
@@ -48,6 +50,7 @@ impl Producer {
             map: Arc::new(map),
             name: name.to_owned(),
             taken: Mutex::new(vec![false; opts.shards as usize]),
+            hot_window: opts.hot_window,
         })
     }
 
@@ -83,6 +86,7 @@ impl Producer {
             self.map.words.clone(),
             index as usize,
             liveness::slot_holder_dead,
+            self.hot_window,
         );
         Ok(ShardWriter { core, map: self.map.clone(), shard: index })
     }

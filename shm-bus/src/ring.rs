@@ -766,6 +766,13 @@ pub(crate) struct WriterCore {
     reclaim_chunk: u64,
     /// Decides whether a gated reader's process is dead (not under loom).
     is_dead: fn(&SlotSnapshot) -> bool,
+    /// While every reader keeps up, start over at the beginning of the ring
+    /// once this many bytes of it are used, so that the memory written stays
+    /// in cache (0: always use the whole ring).
+    hot_window: u64,
+    /// Position from which the next such check may happen (one scan of the
+    /// reader slots per `hot_window` bytes written at most).
+    next_rewind_check: u64,
     #[cfg(not(loom))]
     last_reap: Option<std::time::Instant>,
 }
@@ -778,6 +785,7 @@ impl WriterCore {
         words: ChannelWords,
         shard_index: usize,
         is_dead: fn(&SlotSnapshot) -> bool,
+        hot_window: u64,
     ) -> Self {
         let reclaim_chunk = (shard.capacity / 16).max(RECORD_HEADER);
         Self {
@@ -800,6 +808,8 @@ impl WriterCore {
             last_record_pos: u64::MAX,
             reclaim_chunk,
             is_dead,
+            hot_window,
+            next_rewind_check: 0,
             #[cfg(not(loom))]
             last_reap: None,
         }
@@ -843,8 +853,15 @@ impl WriterCore {
         let cap = self.shard.capacity;
         let size = record_size(max_len);
         let mut start = self.pending;
-        let room = cap - (start & self.shard.mask());
-        let pad = if room < size { room } else { 0 };
+        let offset = start & self.shard.mask();
+        let room = cap - offset;
+        let mut pad = if room < size { room } else { 0 };
+        if pad == 0 && self.hot_window != 0 && offset >= self.hot_window && start >= self.next_rewind_check {
+            self.next_rewind_check = start + self.hot_window;
+            if self.readers_caught_up() {
+                pad = room; // start over at offset 0, where the memory is still hot
+            }
+        }
         let end = start + pad + size;
         let target = end.saturating_sub(cap);
         if target > self.writable_limit {
@@ -953,6 +970,19 @@ impl WriterCore {
         // Acquire: as in `scan_gates`.
         self.slots.state_word(slot).load(Ordering::Acquire) == slot_state::GATED
             && self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) < target
+    }
+
+    /// Whether every registered reader, gated or lossy, has read everything
+    /// published on this shard: then starting over at the beginning of the
+    /// ring costs none of them a record.
+    fn readers_caught_up(&self) -> bool {
+        (0..self.slots.count).all(|slot| {
+            // Acquire: as in `scan_gates` (pairs with the readers' Release
+            // `release` stores, sync point G).
+            let state = self.slots.state_word(slot).load(Ordering::Acquire);
+            state != slot_state::GATED && state != slot_state::LOSSY
+                || self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) >= self.published
+        })
     }
 
     /// Rescans the gated readers' positions for this shard.

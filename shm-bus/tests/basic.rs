@@ -312,3 +312,38 @@ fn listing_shows_channels_readers_and_counters() {
     assert_eq!(info.readers.len(), 1, "the dropped reader freed its slot");
     assert!(info.readers[0].gated);
 }
+
+#[test]
+fn writer_starts_over_while_readers_keep_up_and_uses_the_whole_ring_when_one_lags() {
+    let (_dir, bus) = bus();
+    let opts = ChannelOptions { capacity: 64 << 10, hot_window: 8 << 10, ..Default::default() };
+    let producer = Producer::create(&bus, "hot", opts).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut gated = Reader::attach(&bus, "hot", ReaderOptions::gated()).unwrap();
+    let mut lossy = Reader::attach(&bus, "hot", ReaderOptions::lossy()).unwrap();
+    // Both readers keep up: every record arrives, and the writer keeps
+    // starting over, skipping the rest of the ring.
+    for seq in 0..2000u64 {
+        writer.send(1, &payload(seq)).unwrap();
+        for reader in [&mut gated, &mut lossy] {
+            let (s, lost, bytes, valid) = next_record(reader);
+            assert_eq!((s, lost, valid), (seq, 0, true));
+            assert_eq!(bytes, payload(seq));
+        }
+    }
+    let written: u64 = (0..2000).map(|s| shm_bus::layout::record_size(payload(s).len() as u64)).sum();
+    let info = shm_bus::channel_info(&bus, "hot").unwrap();
+    assert!(info.shards[0].write_pos > written + (32 << 10), "no start-over: {:?}", info.shards[0]);
+
+    // The gated reader stops reading: now the whole ring fills, not just
+    // the hot window.
+    let mut sent = 0u64;
+    while writer.send(1, &[7u8; 1000]).is_ok() {
+        sent += 1;
+    }
+    assert!(sent * 1032 > 48 << 10, "only {sent} records of 1 KiB fit");
+    for _ in 0..sent {
+        let (_, lost, bytes, _) = next_record(&mut gated);
+        assert_eq!((lost, bytes.as_slice()), (0, &[7u8; 1000][..]));
+    }
+}

@@ -153,7 +153,7 @@ fn next_len(style: u32, cap: u64, sim: &Sim, seq: u64) -> u64 {
 fn python_reader_matches_every_retained_payload() {
     let (_dir, bus) = bus();
     let cap: u64 = 1 << 16;
-    let opts = ChannelOptions { shards: 3, capacity: cap, reader_slots: 4, mode: 0o600 };
+    let opts = ChannelOptions { shards: 3, capacity: cap, reader_slots: 4, mode: 0o600, hot_window: 0 };
     let producer = Producer::create(&bus, "py/stream", opts).unwrap();
     let counts = [500u64, 3000, 300];
     let mut written: Vec<Vec<Written>> = Vec::new();
@@ -229,7 +229,7 @@ fn python_reader_matches_every_retained_payload() {
 #[test]
 fn python_reader_prints_records_merged_by_timestamp() {
     let (_dir, bus) = bus();
-    let opts = ChannelOptions { shards: 2, capacity: 4096, reader_slots: 1, mode: 0o600 };
+    let opts = ChannelOptions { shards: 2, capacity: 4096, reader_slots: 1, mode: 0o600, hot_window: 0 };
     let producer = Producer::create(&bus, "py/json", opts).unwrap();
     let long: Vec<u8> = (0..40u8).collect();
     let mut w0 = producer.shard(0).unwrap();
@@ -274,7 +274,7 @@ fn assert_rejected(bus: &BusDir, channel: &str, extra: &[&str], what: &str) {
 #[test]
 fn python_reader_rejects_bad_files() {
     let (_dir, bus) = bus();
-    let opts = ChannelOptions { shards: 1, capacity: 4096, reader_slots: 1, mode: 0o600 };
+    let opts = ChannelOptions { shards: 1, capacity: 4096, reader_slots: 1, mode: 0o600, hot_window: 0 };
     for name in ["bad/magic", "bad/version", "bad/generation"] {
         let producer = Producer::create(&bus, name, opts).unwrap();
         producer.shard(0).unwrap().send(1, b"hello").unwrap();
@@ -310,7 +310,7 @@ fn lap_len(seq: u64) -> usize {
 #[test]
 fn python_reader_survives_being_lapped() {
     let (_dir, bus) = bus();
-    let opts = ChannelOptions { shards: 2, capacity: 4096, reader_slots: 1, mode: 0o600 };
+    let opts = ChannelOptions { shards: 2, capacity: 4096, reader_slots: 1, mode: 0o600, hot_window: 0 };
     let producer = Producer::create(&bus, "py/lap", opts).unwrap();
     let mut child = python_command(&bus, "py/lap", &["--follow", "--hex-bytes", "4096"])
         .stdout(Stdio::piped())
