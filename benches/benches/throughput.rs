@@ -102,6 +102,16 @@ fn shm_pipeline(bus: &PrivateBus, size: usize, capacity: u64, batch: usize) -> P
     Pipeline::start(publisher, size, move || ShmConsumer::attach(&bus, &channel).expect("attach"))
 }
 
+/// The equal-depth ring with a hot window of [`SMALL_RING`]: it starts over
+/// early while the reader keeps up.
+fn hot_window_pipeline(bus: &PrivateBus, size: usize, capacity: u64) -> Pipeline<ShmPublisher> {
+    let channel = format!("throughput-{}-ring{capacity}-hot", size_label(size));
+    let opts = shm_bus::ChannelOptions { capacity, hot_window: SMALL_RING, ..Default::default() };
+    let publisher = ShmPublisher::create_with(&bus.bus(), &channel, opts, 1).expect("create shm-bus channel");
+    let bus = bus.bus();
+    Pipeline::start(publisher, size, move || ShmConsumer::attach(&bus, &channel).expect("attach"))
+}
+
 fn iceoryx_pipeline(size: usize) -> Pipeline<IoxPublisher> {
     let service = unique_service_name(&format!("throughput-{}", size_label(size)));
     let publisher = IoxPublisher::create(&service, size, 1, false).expect("create iceoryx2 publisher");
@@ -128,6 +138,10 @@ fn throughput(c: &mut Criterion) {
             let mut small = shm_pipeline(&bus, size, SMALL_RING, 1);
             let name = format!("shm-bus-ring{}", size_label(SMALL_RING as usize));
             group.bench_function(name, |b| b.iter_custom(|n| small.round(n)));
+            drop(small);
+            let mut hot = hot_window_pipeline(&bus, size, ring_capacity(size));
+            let name = format!("shm-bus-hot{}", size_label(SMALL_RING as usize));
+            group.bench_function(name, |b| b.iter_custom(|n| hot.round(n)));
         }
         group.finish();
     }

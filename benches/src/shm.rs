@@ -58,9 +58,18 @@ pub struct ShmPublisher {
 
 impl ShmPublisher {
     /// Creates `channel` in `bus` with a ring of `capacity` bytes (see
-    /// [`ring_capacity`]).
+    /// [`ring_capacity`]) and shm-bus's default options otherwise.
     pub fn create(bus: &BusDir, channel: &str, capacity: u64, batch: usize) -> Result<Self, CreateError> {
-        let opts = ChannelOptions { capacity, ..ChannelOptions::default() };
+        Self::create_with(bus, channel, ChannelOptions { capacity, ..ChannelOptions::default() }, batch)
+    }
+
+    /// Creates `channel` with `opts`.
+    pub fn create_with(
+        bus: &BusDir,
+        channel: &str,
+        opts: ChannelOptions,
+        batch: usize,
+    ) -> Result<Self, CreateError> {
         let producer = Producer::create(bus, channel, opts)?;
         let writer = producer.shard(0)?;
         Ok(Self { writer, producer, batch, unpublished: 0 })

@@ -144,7 +144,7 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
         settings,
     });
     let flusher = spawn_local(flusher(exec.clone(), flush_wait));
-    let reporter = spawn_local(report_stats(exec.clone(), stats));
+    let reporter = spawn_local(report_stats(exec.clone(), stats.clone()));
     let opener = match role {
         Role::Acceptor(setup) => Some(spawn_local(tcp_server::accept_loop(exec.clone(), setup))),
         Role::Connector(setup) => Some(spawn_local(tcp_client::connect_loop(exec.clone(), setup))),
@@ -189,6 +189,8 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
     exec.events.borrow_mut().retry();
     flusher.cancel().await;
     reporter.cancel().await;
+    // The stage's last statistics record covers everything up to the stop.
+    stats.send(exec.report());
 }
 
 /// Publishes partial groups: as soon as a turn of the executor added no
@@ -218,25 +220,7 @@ async fn flusher(exec: Rc<Executor>, kicks: LocalReceiver<()>) {
 async fn report_stats(exec: Rc<Executor>, sink: StatsSink) {
     loop {
         sleep(Duration::from_secs(1)).await;
-        let report = ExecutorReport {
-            executor: exec.index,
-            publish: exec.groups.borrow().counters(),
-            rejected: exec.rejected.get(),
-            egress_unconnected_drops: exec.egress_unconnected_drops.get(),
-            closed: *exec.closed.borrow(),
-            connections: exec
-                .connections
-                .borrow()
-                .iter()
-                .map(|(&id, c)| {
-                    let mut counters = c.counters.borrow_mut();
-                    let report = *counters;
-                    counters.max_packet_recent = 0;
-                    (id, report)
-                })
-                .collect(),
-        };
-        if !sink.send(report) {
+        if !sink.send(exec.report()) {
             return;
         }
         let mut events = exec.events.borrow_mut();
@@ -445,6 +429,28 @@ pub(crate) fn configure(socket: &Socket, config: &ConnectionSettings) -> io::Res
 }
 
 impl Executor {
+    /// This executor's counters, for the statistics thread.
+    fn report(&self) -> ExecutorReport {
+        ExecutorReport {
+            executor: self.index,
+            publish: self.groups.borrow().counters(),
+            rejected: self.rejected.get(),
+            egress_unconnected_drops: self.egress_unconnected_drops.get(),
+            closed: *self.closed.borrow(),
+            connections: self
+                .connections
+                .borrow()
+                .iter()
+                .map(|(&id, c)| {
+                    let mut counters = c.counters.borrow_mut();
+                    let report = *counters;
+                    counters.max_packet_recent = 0;
+                    (id, report)
+                })
+                .collect(),
+        }
+    }
+
     /// Warns, once per executor, if the kernel clamped the requested buffer
     /// sizes of `socket`.
     pub(crate) fn warn_once_if_clamped(&self, socket: &Socket) {

@@ -14,6 +14,10 @@ use shm_bus::ShardWriter;
 use crate::ingest::PublishCounters;
 use crate::records::{self, ConnectionStats, ReceivePath, SocketStats, StageStats, TrafficStats};
 
+/// How long the publisher waits for every executor's report before it
+/// publishes with what it has (executors report once a second).
+const LATE_REPORT: Duration = Duration::from_millis(1500);
+
 /// What one connection did so far.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnectionCounters {
@@ -131,25 +135,31 @@ impl Publisher {
         Self { writer, latest, reports: (0..executors).map(|_| None).collect(), previous: None }
     }
 
-    /// Publishes once a second from the latest report of each executor,
-    /// and a last time when every executor is gone.
+    /// Publishes a record as soon as every executor has reported since the
+    /// last one (they report once a second), or when one is late; and a
+    /// last time when every executor is gone.
     fn run(mut self, reports: mpsc::Receiver<ExecutorReport>) {
-        let mut next = Instant::now() + Duration::from_secs(1);
+        let mut fresh = vec![false; self.reports.len()];
+        let mut deadline = Instant::now() + LATE_REPORT;
         loop {
-            match reports.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            match reports.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(report) => {
+                    fresh[report.executor] = true;
                     let slot = report.executor;
                     self.reports[slot] = Some(report);
+                    if !fresh.iter().all(|&f| f) {
+                        continue;
+                    }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.publish();
-                    next = Instant::now() + Duration::from_secs(1);
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.publish();
                     return;
                 }
             }
+            self.publish();
+            fresh.fill(false);
+            deadline = Instant::now() + LATE_REPORT;
         }
     }
 

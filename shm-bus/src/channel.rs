@@ -104,18 +104,21 @@ pub struct ChannelOptions {
     /// it also gets write access to the `.readers` file, which readers need
     /// to register.
     pub mode: u32,
-    /// While every registered reader keeps up, a writer starts over at the
-    /// beginning of its ring once this many bytes of it are used (default
-    /// 4 MiB), so that the memory it writes and readers read stays in the
-    /// CPU cache; when a reader lags, the whole ring is used. The price is
-    /// history: a reader starting at the oldest record finds about this much
-    /// while readers keep up. 0 always uses the whole ring.
+    /// Opt-in (0, the default, is off): while every registered reader keeps
+    /// up (is less than half of it behind), a writer starts over at the
+    /// beginning of its ring once this many bytes of it are used, so that
+    /// the memory written and read stays in the CPU cache. This helps large
+    /// records a lot (see docs/BENCHMARKS.md). The price: the rest of the
+    /// ring is skipped for that lap, so a reader that stalls right after a
+    /// start-over has about this many bytes of buffer (not the whole ring)
+    /// before a gated reader makes the writer report Full, and a reader
+    /// starting at the oldest record finds about this much history.
     pub hot_window: u64,
 }
 
 impl Default for ChannelOptions {
     fn default() -> Self {
-        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600, hot_window: 4 << 20 }
+        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600, hot_window: 0 }
     }
 }
 

@@ -857,8 +857,10 @@ impl WriterCore {
         let room = cap - offset;
         let mut pad = if room < size { room } else { 0 };
         if pad == 0 && self.hot_window != 0 && offset >= self.hot_window && start >= self.next_rewind_check {
-            self.next_rewind_check = start + self.hot_window;
-            if self.readers_caught_up() {
+            self.next_rewind_check = start + self.hot_window / 8;
+            // Readers less than half a window behind have read the start of
+            // this lap, which the next records would overwrite.
+            if self.readers_past(start - self.hot_window / 2) {
                 pad = room; // start over at offset 0, where the memory is still hot
             }
         }
@@ -972,16 +974,16 @@ impl WriterCore {
             && self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) < target
     }
 
-    /// Whether every registered reader, gated or lossy, has read everything
-    /// published on this shard: then starting over at the beginning of the
-    /// ring costs none of them a record.
-    fn readers_caught_up(&self) -> bool {
+    /// Whether every registered reader, gated or lossy, has read this shard
+    /// up to `pos`. (Only a hint for starting over early: gates and the tail
+    /// still protect whatever a reader has not read.)
+    fn readers_past(&self, pos: u64) -> bool {
         (0..self.slots.count).all(|slot| {
             // Acquire: as in `scan_gates` (pairs with the readers' Release
             // `release` stores, sync point G).
             let state = self.slots.state_word(slot).load(Ordering::Acquire);
             state != slot_state::GATED && state != slot_state::LOSSY
-                || self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) >= self.published
+                || self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) >= pos
         })
     }
 

@@ -335,13 +335,13 @@ fn writer_starts_over_while_readers_keep_up_and_uses_the_whole_ring_when_one_lag
     let info = shm_bus::channel_info(&bus, "hot").unwrap();
     assert!(info.shards[0].write_pos > written + (32 << 10), "no start-over: {:?}", info.shards[0]);
 
-    // The gated reader stops reading: now the whole ring fills, not just
-    // the hot window.
+    // The gated reader stops reading: the writer fills what is left of this
+    // lap (at least half a window), then reports Full; nothing is lost.
     let mut sent = 0u64;
     while writer.send(1, &[7u8; 1000]).is_ok() {
         sent += 1;
     }
-    assert!(sent * 1032 > 48 << 10, "only {sent} records of 1 KiB fit");
+    assert!(sent * 1032 >= 4 << 10, "only {sent} records of 1 KiB fit");
     for _ in 0..sent {
         let (_, lost, bytes, _) = next_record(&mut gated);
         assert_eq!((lost, bytes.as_slice()), (0, &[7u8; 1000][..]));

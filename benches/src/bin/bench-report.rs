@@ -200,7 +200,8 @@ fn throughput_tables(out: &mut String, runs: &ThroughputRuns) -> Result<(), Box<
         writeln!(
             out,
             "\nshm-bus variants, apart from the comparison: `batchN` publishes once per N records \
-             (iceoryx2 has no counterpart), `ringX` uses a ring of X instead of the equal-depth one:\n"
+             (iceoryx2 has no counterpart), `ringX` uses a ring of X instead of the equal-depth one, \
+             `hotX` the equal-depth ring with a hot window of X (`ChannelOptions::hot_window`):\n"
         )?;
         writeln!(out, "| Size | Variant | MB/s | / iceoryx2 |")?;
         writeln!(out, "|---|---|---|---|")?;
