@@ -1,0 +1,140 @@
+//! `ringest ls`: the channels of a bus directory, who writes them, how
+//! fast, and who reads them how far behind.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use shm_bus::{BusDir, ChannelInfo, ChannelListing, ChannelState, ReaderInfo};
+
+use crate::human;
+use crate::table::Table;
+
+#[derive(clap::Args, Debug)]
+pub struct LsArgs {}
+
+/// Time between the two samples that rates are computed from.
+const RATE_INTERVAL: Duration = Duration::from_millis(500);
+
+pub fn run(_args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
+    let list = || shm_bus::list_channels(bus).with_context(|| format!("listing {}", bus.path().display()));
+    let first = list()?;
+    let first_at = Instant::now();
+    let mut out = std::io::stdout().lock();
+    if first.is_empty() {
+        writeln!(out, "no channels in {}", bus.path().display())?;
+        return Ok(());
+    }
+    // Counters only move while a live producer writes: otherwise every
+    // rate is 0 and there is no need to wait for a second sample.
+    let second = if first.iter().any(|l| l.info.as_ref().is_ok_and(is_written)) {
+        std::thread::sleep(RATE_INTERVAL);
+        Some(list()?)
+    } else {
+        None
+    };
+    let listings = second.as_deref().unwrap_or(&first);
+    let rates = Rates::between(&first, listings, first_at.elapsed());
+
+    let mut table =
+        Table::new(&["CHANNEL", "PRODUCER", "STATE", "RECORDS", "RECORDS/S", "BYTES", "BYTES/S"], 3);
+    for info in listings.iter().filter_map(|l| l.info.as_ref().ok()) {
+        let (records_per_s, bytes_per_s) = rates.of(info);
+        table.push(vec![
+            info.name.clone(),
+            producer(info),
+            state(info.state),
+            info.records_written().to_string(),
+            human::count(records_per_s),
+            human::bytes(info.bytes_written() as f64),
+            format!("{}/s", human::bytes(bytes_per_s)),
+        ]);
+    }
+    let mut lines = table.lines().into_iter();
+    let width = listings.iter().map(|l| l.name.len()).max().unwrap_or(0);
+    writeln!(out, "{}", lines.next().unwrap_or_default())?;
+    for listing in listings {
+        match &listing.info {
+            Ok(info) => {
+                writeln!(out, "{}", lines.next().unwrap_or_default())?;
+                for reader in &info.readers {
+                    writeln!(out, "    {}", describe_reader(reader))?;
+                }
+            }
+            Err(e) => writeln!(out, "{:<width$}  error: {e}", listing.name)?,
+        }
+    }
+    Ok(())
+}
+
+/// Whether a live producer may be writing `info` now.
+fn is_written(info: &ChannelInfo) -> bool {
+    info.state == ChannelState::Live && info.producer_alive != Some(false)
+}
+
+/// Records and bytes per second of each channel between two listings.
+struct Rates(HashMap<(String, u64), (f64, f64)>);
+
+impl Rates {
+    fn between(before: &[ChannelListing], after: &[ChannelListing], elapsed: Duration) -> Self {
+        let counters = |listings: &[ChannelListing]| -> HashMap<(String, u64), (u64, u64)> {
+            listings
+                .iter()
+                .filter_map(|l| l.info.as_ref().ok())
+                .map(|i| ((i.name.clone(), i.generation), (i.records_written(), i.bytes_written())))
+                .collect()
+        };
+        let before = counters(before);
+        let seconds = elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+        let rates = counters(after)
+            .into_iter()
+            .filter_map(|(key, (records, bytes))| {
+                // A channel replaced in between (new generation) has no rate yet.
+                let (records_before, bytes_before) = *before.get(&key)?;
+                let per_s = |now: u64, then: u64| now.saturating_sub(then) as f64 / seconds;
+                Some((key, (per_s(records, records_before), per_s(bytes, bytes_before))))
+            })
+            .collect();
+        Self(rates)
+    }
+
+    /// (records/s, bytes/s) of `info`.
+    fn of(&self, info: &ChannelInfo) -> (f64, f64) {
+        self.0.get(&(info.name.clone(), info.generation)).copied().unwrap_or_default()
+    }
+}
+
+fn producer(info: &ChannelInfo) -> String {
+    format!("pid {} {}", info.producer_pid, liveness(info.producer_alive))
+}
+
+fn liveness(alive: Option<bool>) -> &'static str {
+    match alive {
+        Some(true) => "alive",
+        Some(false) => "dead",
+        None => "(other pid namespace)",
+    }
+}
+
+fn state(state: ChannelState) -> String {
+    match state {
+        ChannelState::Live => "live".to_owned(),
+        ChannelState::Ended => "ended".to_owned(),
+        ChannelState::Replaced => "replaced".to_owned(),
+        ChannelState::Unknown(raw) => format!("unknown ({raw})"),
+    }
+}
+
+fn describe_reader(reader: &ReaderInfo) -> String {
+    format!(
+        "reader pid {} {}, {}: received {}, lag {} ({}), lost {}",
+        reader.pid,
+        liveness(reader.alive),
+        if reader.gated { "gated" } else { "lossy" },
+        reader.received,
+        human::plural(reader.lag_records, "record"),
+        human::bytes(reader.lag_bytes as f64),
+        reader.lost,
+    )
+}

@@ -1,0 +1,233 @@
+//! `ringest replay`: sends the connections of a log again over TCP, one
+//! connection per logged connection, one write per logged packet, at the
+//! original pace (scaled by `--speed`) or as fast as possible (`--max`).
+//!
+//! One thread writes every connection in file order: the packets keep their
+//! interleaving across connections, and a peer that reads slowly holds up
+//! the others, as a blocking sensor host would.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::ArgGroup;
+
+use crate::human;
+use crate::log::mcap_reader::connection_messages;
+
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("target").required(true).args(["connect", "listen"])))]
+pub struct ReplayArgs {
+    /// The MCAP log to replay (written by `ringest log`).
+    #[arg(value_name = "FILE.mcap")]
+    file: PathBuf,
+    /// Connect to this address (host:port) once per logged connection.
+    #[arg(long, value_name = "ADDR")]
+    connect: Option<String>,
+    /// Listen on this address (host:port) and replay each logged connection
+    /// to the next client that connects.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Pace factor of the original timing: 2 replays twice as fast.
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_speed)]
+    speed: f64,
+    /// Send as fast as the peers read, ignoring the original timing.
+    #[arg(long, conflicts_with = "speed")]
+    max: bool,
+}
+
+/// After the last packet, how long the peers get to read everything and
+/// close their side.
+const LINGER: Duration = Duration::from_secs(5);
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let messages = connection_messages(&args.file)?;
+    let target = match (&args.connect, &args.listen) {
+        (Some(address), _) => Target::Connect { addresses: resolve(address)?, name: address.clone() },
+        (None, Some(address)) => {
+            let listener = TcpListener::bind(resolve(address)?.as_slice())
+                .with_context(|| format!("cannot listen on {address}"))?;
+            println!("listening on {}", listener.local_addr()?);
+            Target::Listen(listener)
+        }
+        (None, None) => unreachable!("clap requires --connect or --listen"),
+    };
+    let mut replay = Replay {
+        target,
+        connections: HashMap::new(),
+        pacer: Pacer { speed: (!args.max).then_some(args.speed), origin: None },
+        messages: 0,
+        bytes: 0,
+    };
+    let started = Instant::now();
+    for message in messages {
+        let message =
+            message.with_context(|| format!("replay stopped after {} messages", replay.messages))?;
+        replay.send(&message)?;
+    }
+    replay.finish();
+    println!(
+        "replayed {} messages ({}) on {} connections in {:.2} s",
+        replay.messages,
+        human::bytes(replay.bytes as f64),
+        replay.connections.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+enum Target {
+    Connect { addresses: Vec<SocketAddr>, name: String },
+    Listen(TcpListener),
+}
+
+struct Replay {
+    target: Target,
+    /// By the log's channel id.
+    connections: HashMap<u16, TcpStream>,
+    pacer: Pacer,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Replay {
+    fn send(&mut self, message: &mcap::Message<'_>) -> anyhow::Result<()> {
+        let channel = &message.channel;
+        if !self.connections.contains_key(&channel.id) {
+            let stream = self.open(&channel.topic)?;
+            // One segment per packet where the network allows it.
+            stream.set_nodelay(true)?;
+            self.connections.insert(channel.id, stream);
+        }
+        self.pacer.wait_for(message.log_time)?;
+        let stream = self.connections.get_mut(&channel.id).expect("opened above");
+        stream.write_all(&message.data).with_context(|| {
+            let peer = stream.peer_addr().map_or_else(|_| "the peer".to_owned(), |a| a.to_string());
+            format!("cannot send {} to {peer}", channel.topic)
+        })?;
+        self.messages += 1;
+        self.bytes += message.data.len() as u64;
+        Ok(())
+    }
+
+    /// The connection replaying `topic`.
+    fn open(&mut self, topic: &str) -> anyhow::Result<TcpStream> {
+        match &self.target {
+            Target::Connect { addresses, name } => {
+                TcpStream::connect(addresses.as_slice()).with_context(|| format!("cannot connect to {name}"))
+            }
+            Target::Listen(listener) => {
+                let waiting = Instant::now();
+                let (stream, _) =
+                    listener.accept().with_context(|| format!("cannot accept a client for {topic}"))?;
+                // The original pace starts again when the client arrives.
+                self.pacer.delay(waiting.elapsed());
+                Ok(stream)
+            }
+        }
+    }
+
+    /// Closes our side of every connection, then lets the peers read the
+    /// rest and close theirs (up to [`LINGER`]): closing with unread data
+    /// would reset the connection and could drop what the peer has not
+    /// read yet.
+    fn finish(&mut self) {
+        let deadline = Instant::now() + LINGER;
+        for stream in self.connections.values_mut() {
+            let _ = stream.shutdown(Shutdown::Write);
+            let mut sink = [0; 4096];
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match stream.read(&mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Maps log times to wall-clock times.
+#[derive(Debug)]
+struct Pacer {
+    /// `None`: as fast as possible.
+    speed: Option<f64>,
+    /// The first message's log time and when it was sent.
+    origin: Option<(u64, Instant)>,
+}
+
+impl Pacer {
+    /// Sleeps until the message logged at `log_time` is due.
+    fn wait_for(&mut self, log_time: u64) -> anyhow::Result<()> {
+        let Some(speed) = self.speed else { return Ok(()) };
+        let (origin_time, origin) = *self.origin.get_or_insert((log_time, Instant::now()));
+        // A message logged before the first one (clocks of several
+        // stages) is due at once.
+        let offset_s = log_time.saturating_sub(origin_time) as f64 / 1e9 / speed;
+        let due = Duration::try_from_secs_f64(offset_s)
+            .ok()
+            .and_then(|offset| origin.checked_add(offset))
+            .with_context(|| format!("a message {offset_s:.0} s into the log cannot be scheduled"))?;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        Ok(())
+    }
+
+    /// Shifts the schedule by `by` (time spent waiting for a client).
+    fn delay(&mut self, by: Duration) {
+        if let Some((_, origin)) = &mut self.origin {
+            *origin += by;
+        }
+    }
+}
+
+/// The addresses of `host:port`.
+fn resolve(address: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let addresses: Vec<SocketAddr> =
+        address.to_socket_addrs().with_context(|| format!("invalid address {address}"))?.collect();
+    if addresses.is_empty() {
+        bail!("{address} resolves to no address");
+    }
+    Ok(addresses)
+}
+
+/// A positive, finite pace factor.
+fn parse_speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(speed) if speed.is_finite() && speed > 0.0 => Ok(speed),
+        _ => Err(format!("{text} is not a positive number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_follows_log_times_scaled() {
+        let mut pacer = Pacer { speed: Some(10.0), origin: None };
+        let start = Instant::now();
+        pacer.wait_for(1_000_000_000).unwrap();
+        pacer.wait_for(1_500_000_000).unwrap(); // 0.5 s of log at 10x: 50 ms
+        pacer.wait_for(1_200_000_000).unwrap(); // already due
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(50) && elapsed < Duration::from_secs(2), "{elapsed:?}");
+        let mut max = Pacer { speed: None, origin: None };
+        max.wait_for(u64::MAX).unwrap();
+    }
+
+    #[test]
+    fn speed_must_be_positive() {
+        assert_eq!(parse_speed("2"), Ok(2.0));
+        for bad in ["0", "-1", "nan", "inf", "fast"] {
+            assert!(parse_speed(bad).is_err(), "{bad}");
+        }
+    }
+}

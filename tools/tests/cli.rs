@@ -1,0 +1,324 @@
+//! The `ringest` command end to end: the real binary, real sockets on
+//! 127.0.0.1, a private bus directory per test.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use engine::config::EngineConfig;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use shm_bus::BusDir;
+
+/// What loadgen printed for one connection: bytes sent and their sha256.
+fn loadgen_digests(stdout: &str) -> HashMap<SocketAddr, (usize, String)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                [local, "bytes", bytes, "messages", _, "sha256", digest] => {
+                    Some((local.parse().ok()?, (bytes.parse().unwrap(), digest.to_owned())))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn every_byte_loadgen_sends_reaches_the_bus_per_connection() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let mut collector = Collector::attach(&t.bus, "ingest");
+    let addr = daemon.addr("ingest").to_string();
+    let args = ["loadgen", &addr, "--connections", "4", "--size", "1000", "--rate", "2000", "--seconds", "1"];
+    let mut loadgen = ringest(&t.bus).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    // Read while it sends: the reader is lossless, so the engine waits for it.
+    let deadline = Instant::now() + DEADLINE;
+    while loadgen.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "loadgen did not finish");
+        collector.pump(Duration::from_millis(50));
+    }
+    let output = loadgen.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let sent = loadgen_digests(&text(&output.stdout));
+    assert_eq!(sent.len(), 4, "{}", text(&output.stdout));
+    assert!(sent.values().all(|(bytes, _)| *bytes > 0));
+    assert!(sent.values().map(|(bytes, _)| bytes).sum::<usize>() <= 2000 * 1000 + 4000, "rate exceeded");
+    collector.until("every byte", |c| sent.iter().all(|(peer, (n, _))| c.received_from(*peer).len() >= *n));
+    for (peer, (_, digest)) in &sent {
+        assert_eq!(&hex(&Sha256::digest(collector.received_from(*peer))), digest, "connection {peer}");
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn run_prints_the_stages_and_their_channels_and_ls_lists_them() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "lidar");
+    assert_eq!(daemon.stdout[0], format!("bus: {}", t.bus.path().display()));
+    assert!(
+        daemon
+            .stdout
+            .contains(&"  publishes lidar/packet_group, lidar/connection_events, lidar/socket_stats".into())
+    );
+    let _collector = Collector::attach(&t.bus, "lidar");
+
+    let listing = stdout_of(ringest(&t.bus), &["ls"]);
+    for channel in ["lidar/packet_group", "lidar/connection_events", "lidar/socket_stats"] {
+        let row = listing.lines().find(|l| l.starts_with(channel)).unwrap_or_else(|| panic!("{listing}"));
+        assert!(row.contains(&format!("pid {} alive", daemon.pid())), "{row}");
+        assert!(row.contains("live"), "{row}");
+    }
+    let reader = format!("reader pid {} alive, gated", std::process::id());
+    assert!(listing.contains(&reader), "{listing}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_corrupt_channel_is_listed_with_its_error() {
+    let t = bus();
+    std::fs::write(t.bus.path().join("junk.ring"), b"not a ring").unwrap();
+    let listing = stdout_of(ringest(&t.bus), &["ls"]);
+    let row = listing.lines().find(|l| l.starts_with("junk")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(row.contains("error:"), "{row}");
+}
+
+#[test]
+fn run_connects_client_stages_and_publishes_what_the_server_sends() {
+    let t = bus();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = server.local_addr().unwrap();
+    let config = format!("[[tcp_client]]\nname = \"gnss\"\naddress = \"{address}\"\n");
+    let mut daemon = Daemon::start(ringest(&t.bus), &config);
+    assert!(daemon.stdout.contains(&format!("stage gnss: connecting to {address}")), "{:#?}", daemon.stdout);
+    let mut collector = Collector::attach(&t.bus, "gnss");
+    let (mut connection, _) = server.accept().unwrap();
+    connection.write_all(b"$GPGGA,123519").unwrap();
+    collector.until("the bytes", |c| c.received_from(address) == b"$GPGGA,123519");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn tail_prints_packets_and_events_as_json_lines_and_text() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let mut collector = Collector::attach(&t.bus, "ingest");
+    let mut client = TcpStream::connect(daemon.addr("ingest")).unwrap();
+    let peer = client.local_addr().unwrap();
+    client.write_all(b"hello, tail").unwrap();
+    collector.until("the bytes", |c| c.received_from(peer) == b"hello, tail");
+    let records = collector.records.to_string();
+
+    let json = stdout_of(
+        ringest(&t.bus),
+        &["tail", "ingest/packet_group", "--json", "--from", "oldest", "--count", &records],
+    );
+    let packets: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!packets.is_empty());
+    let mut data = String::new();
+    for packet in &packets {
+        assert_eq!(packet["type"], "packet", "{packet}");
+        assert_eq!(packet["peer"], peer.to_string(), "{packet}");
+        assert!(packet["connection_id"].is_u64() && packet["time_ns"].is_u64(), "{packet}");
+        data += packet["data_hex"].as_str().unwrap();
+    }
+    assert_eq!(data, hex(b"hello, tail"));
+
+    let events = stdout_of(
+        ringest(&t.bus),
+        &["tail", "ingest/connection_events", "--json", "--from", "oldest", "--count", "1"],
+    );
+    let event: Value = serde_json::from_str(events.trim()).unwrap();
+    assert_eq!(
+        (&event["type"], &event["event"]),
+        (&"connection_event".into(), &"connected".into()),
+        "{event}"
+    );
+    assert_eq!(event["peer"], peer.to_string());
+    assert_eq!(event["connection_id"], packets[0]["connection_id"]);
+
+    let text =
+        stdout_of(ringest(&t.bus), &["tail", "ingest/packet_group", "--from", "oldest", "--count", "1"]);
+    let line = text.lines().next().unwrap();
+    assert!(line.contains(&format!("conn {}  {peer}", packets[0]["connection_id"])), "{line}");
+    assert!(line.contains(&hex(b"hello")), "{line}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn stats_prints_a_table_per_update() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let client = TcpStream::connect(daemon.addr("ingest")).unwrap();
+    let peer = client.local_addr().unwrap().to_string();
+    let output = stdout_of(ringest(&t.bus), &["stats", "ingest", "--count", "2"]);
+    let summaries: Vec<&str> = output.lines().filter(|l| l.starts_with("ingest  ")).collect();
+    assert_eq!(summaries.len(), 2, "{output}");
+    assert_eq!(output.lines().filter(|l| l.starts_with("CONNECTION")).count(), 2, "{output}");
+    assert!(output.lines().any(|l| l.starts_with("all ")), "{output}");
+    // The client shows up once the engine has counted it.
+    let deadline = Instant::now() + DEADLINE;
+    while !stdout_of(ringest(&t.bus), &["stats", "ingest", "--count", "1"]).contains(&peer) {
+        assert!(Instant::now() < deadline, "the connection never showed in the stats");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!output.contains('\x1b'), "no terminal control codes in a pipe");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn send_writes_stdin_to_every_client_or_the_one_named() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let mut clients: Vec<TcpStream> =
+        (0..2).map(|_| TcpStream::connect(daemon.addr("ingest")).unwrap()).collect();
+    let second = connection_id(&t.bus, "ingest", clients[1].local_addr().unwrap());
+    connection_id(&t.bus, "ingest", clients[0].local_addr().unwrap());
+
+    let send = |input: &[u8], extra: &[&str]| {
+        let mut child = ringest(&t.bus)
+            .args(["send", "ingest"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap(); // and close it
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    // More than one record's worth: it arrives whole and in order.
+    let data = random_bytes(5, 300 << 10);
+    let said = send(&data, &[]);
+    assert!(said.starts_with(&format!("sent {} bytes", data.len())), "{said}");
+    for client in &mut clients {
+        assert!(read_exactly(client, data.len()) == data, "the bytes differ");
+    }
+    send(b"only you", &["--conn", &second.to_string()]);
+    send(b"all again", &[]);
+    assert_eq!(read_exactly(&mut clients[1], 17), b"only youall again");
+    assert_eq!(read_exactly(&mut clients[0], 9), b"all again", "targeted bytes went to another client");
+    assert!(daemon.stop().success());
+}
+
+fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn the_default_config_prints_and_parses_to_the_defaults() {
+    let t = bus();
+    let text = stdout_of(ringest(&t.bus), &["run", "--print-default-config"]);
+    assert_eq!(EngineConfig::from_toml_str(&text).unwrap(), EngineConfig::default());
+}
+
+#[test]
+fn sigterm_stops_run_gracefully_and_ends_the_channels() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let mut collector = Collector::attach(&t.bus, "ingest");
+    let mut client = TcpStream::connect(daemon.addr("ingest")).unwrap();
+    let peer = client.local_addr().unwrap();
+    client.write_all(b"before the stop").unwrap();
+    collector.until("the bytes", |c| c.received_from(peer) == b"before the stop");
+    let status = daemon.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        daemon.stdout.ends_with(&["stopping (SIGTERM)".into(), "stopped".into()]),
+        "{:#?}",
+        daemon.stdout
+    );
+    collector.until("the end of the channel", |c| c.ended);
+}
+
+#[test]
+fn the_bus_flag_beats_the_config_file_which_beats_the_environment() {
+    let (flag, file, env) = (bus(), bus(), bus());
+    let config = format!("[bus]\ndir = {:?}\n\n{}", file.bus.path(), server_config("where"));
+    let exists = |bus: &BusDir| bus.ring_path("where/packet_group").exists();
+
+    let mut daemon = Daemon::start(with_flag(ringest(&env.bus), &flag.bus), &config);
+    assert!(exists(&flag.bus) && !exists(&file.bus) && !exists(&env.bus));
+    assert!(daemon.stop().success());
+
+    let mut daemon = Daemon::start(ringest(&env.bus), &config);
+    assert!(exists(&file.bus) && !exists(&env.bus));
+    assert!(daemon.stop().success());
+}
+
+fn with_flag(mut command: Command, bus: &BusDir) -> Command {
+    command.arg("--bus").arg(bus.path());
+    command
+}
+
+/// Asserts a failure with exit code 1 and a one-line `ringest: ...` message
+/// that contains each of `needles`; returns the message.
+fn assert_fails_with(args: &[&str], needles: &[&str]) -> String {
+    let t = bus();
+    let (code, stderr) = failure_of(ringest(&t.bus), args);
+    assert_eq!(code, 1, "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("ringest: "), "{args:?}: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{args:?}: {needle:?} not in {stderr}");
+    }
+    stderr
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_exit_code_1() {
+    assert_fails_with(&["tail", "nope/packet_group"], &["no channel nope/packet_group"]);
+    assert_fails_with(&["stats", "nope"], &["stage nope", "no channel nope/socket_stats"]);
+    assert_fails_with(&["send", "nope"], &["stage nope is not running"]);
+    assert_fails_with(&["loadgen", "not an address", "--connections", "1", "--size", "1"], &["bad address"]);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    assert_fails_with(
+        &["loadgen", &closed, "--connections", "1", "--size", "1"],
+        &["connecting to", &closed],
+    );
+
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    config.write_all(b"[[tcp_server]]\nname = \"x\"\nbogus = 1\n").unwrap();
+    let path = config.path().to_str().unwrap();
+    assert_fails_with(
+        &["run", "--config", path],
+        &[&format!("{path}:3:"), "tcp_server[0].bogus", "unknown field"],
+    );
+    let missing = assert_fails_with(&["run", "--config", "/nonexistent/ringest.toml"], &["cannot read"]);
+    assert_eq!(missing.matches("No such file").count(), 1, "the cause once: {missing}");
+}
+
+#[test]
+fn usage_errors_exit_with_code_2() {
+    let t = bus();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["frobnicate"],
+        &["tail"],
+        &["tail", "x/y", "--count", "0"],
+        &["tail", "x/y", "--from", "middle"],
+        &["loadgen", "127.0.0.1:1", "--connections", "0", "--size", "1"],
+        &["loadgen", "127.0.0.1:1", "--connections", "1", "--size", "1", "--rate", "-3"],
+        &["run", "--config", "a.toml", "--print-default-config"],
+    ];
+    for args in cases {
+        let (code, stderr) = failure_of(ringest(&t.bus), args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+    }
+}
