@@ -204,15 +204,10 @@ struct Followed {
 fn follow_restart(reader: &mut Reader, old: Records, new: Records, progress: &AtomicU64) -> Followed {
     let (gated, shards) = (reader.is_gated(), reader.shard_count());
     let mut before = StreamCheck::from_start(gated, old, shards);
-    // A reader reattaches at the new producer's oldest record. A lossy one
-    // then does not count what it may lose before its first record (see
-    // `lossy_reader_from_oldest_or_latest_...` in stress.rs): check it from
-    // its first record on.
-    let mut after = if gated {
-        StreamCheck::from_start(true, new, shards)
-    } else {
-        StreamCheck::joining(false, new, shards)
-    };
+    // A reader reattaches at the new producer's oldest record, before its
+    // first one (the new producer writes once both readers followed): both
+    // kinds must account for every record from the start, losses included.
+    let mut after = StreamCheck::from_start(gated, new, shards);
     let mut restarted_to = None;
     loop {
         match reader.recv_timeout(PATIENCE).unwrap() {

@@ -5,7 +5,6 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
+use crate::flags::Total;
 use crate::human;
 
 #[derive(clap::Args, Debug)]
@@ -108,7 +108,7 @@ pub fn run(spec: &LoadSpec, progress: &dyn Fn(u64)) -> anyhow::Result<LoadReport
         .with_context(|| format!("connecting to {}", spec.addr))?;
     // Each connection gets an even share of the rate: seconds between its messages.
     let period = spec.rate.map(|rate| spec.connections as f64 / rate);
-    let sent = AtomicU64::new(0);
+    let sent = Total::default();
     let start = Instant::now();
     let deadline = start.checked_add(spec.duration).unwrap_or(start + NEVER);
     let connections = std::thread::scope(|scope| {
@@ -129,9 +129,9 @@ pub fn run(spec: &LoadSpec, progress: &dyn Fn(u64)) -> anyhow::Result<LoadReport
         drop(done_tx);
         // Every worker holds a sender: the channel disconnects once all are done.
         while let Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_EVERY) {
-            progress(sent.load(Ordering::Relaxed));
+            progress(sent.get());
         }
-        progress(sent.load(Ordering::Relaxed));
+        progress(sent.get());
         workers
             .into_iter()
             .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
@@ -153,7 +153,7 @@ struct Writer {
 impl Writer {
     /// Writes messages until the deadline, counting every byte written
     /// into `sent`.
-    fn write(self, mut stream: TcpStream, sent: &AtomicU64) -> anyhow::Result<ConnectionReport> {
+    fn write(self, mut stream: TcpStream, sent: &Total) -> anyhow::Result<ConnectionReport> {
         let local = stream.local_addr()?;
         let context = || format!("connection {local}");
         // Bounded writes, so that a receiver pushing back cannot hold us past the deadline.
@@ -186,7 +186,7 @@ impl Writer {
                         sha256.update(&message[at..at + n]);
                         at += n;
                         bytes += n as u64;
-                        sent.fetch_add(n as u64, Ordering::Relaxed);
+                        sent.add(n as u64);
                     }
                     Err(e) if is_retryable(&e) => {
                         if Instant::now() >= self.deadline {

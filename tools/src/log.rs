@@ -15,7 +15,6 @@ pub mod mcap_writer;
 mod stage;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shm_bus::BusDir;
 
+use crate::flags::StopFlag;
 use crate::human;
 use crate::shutdown::StopSignals;
 use mcap_writer::{LogTotals, McapWriter};
@@ -149,7 +149,7 @@ pub struct LogOptions {
 pub struct Logger {
     writer: Arc<Mutex<McapWriter>>,
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopFlag>,
 }
 
 impl Logger {
@@ -165,7 +165,7 @@ impl Logger {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let writer = Arc::new(Mutex::new(McapWriter::create(&options.out, options.compression)?));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopFlag::default());
         let threads = recorders
             .into_iter()
             .zip(stages)
@@ -176,7 +176,7 @@ impl Logger {
                     .spawn(move || {
                         let result = recorder.run(writer, &stop);
                         if result.is_err() {
-                            stop.store(true, Ordering::Relaxed); // the file is broken: end all
+                            stop.stop(); // the file is broken: end all
                         }
                         result
                     })
@@ -208,7 +208,7 @@ impl Logger {
 
     /// Stops the threads and joins them; returns the first error.
     fn stop_threads(&mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
         let mut result = Ok(());
         for thread in self.threads.drain(..) {
             let outcome = thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a logger thread panicked")));

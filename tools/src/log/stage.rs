@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use shm_bus::{BusDir, Event, Reader, ReaderOptions, StartAt};
 
 use super::mcap_writer::McapWriter;
 use super::{ControlChannel, StageSelection, json};
+use crate::flags::StopFlag;
 
 /// Longest wait for a record before checking whether to stop.
 const POLL: Duration = Duration::from_millis(100);
@@ -94,7 +94,7 @@ impl StageRecorder {
 
     /// Records into `writer` until every logged channel ends or `stop` is
     /// set.
-    pub fn run(mut self, writer: Arc<Mutex<McapWriter>>, stop: &AtomicBool) -> anyhow::Result<()> {
+    pub fn run(mut self, writer: Arc<Mutex<McapWriter>>, stop: &StopFlag) -> anyhow::Result<()> {
         let mut log = StageLog {
             stage: self.stage.clone(),
             writer,
@@ -112,7 +112,7 @@ impl StageRecorder {
                 source.channel = lock(&log.writer).add_control_channel(&self.stage, kind)?;
             }
         }
-        while !stop.load(Ordering::Relaxed) && self.recording() {
+        while !stop.is_stopped() && self.recording() {
             self.step(&mut log)?;
             lock(&log.writer).flush_if_due()?;
         }
