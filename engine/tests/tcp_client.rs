@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use engine::config::TcpClientConfig;
@@ -128,11 +128,7 @@ fn egress_reaches_the_server() {
         shm_bus::Producer::create(&t.bus, "egress/egress_packets", shm_bus::ChannelOptions::default())
             .unwrap();
     let mut writer = producer.shard(0).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while shm_bus::channel_info(&t.bus, "egress/egress_packets").unwrap().readers.is_empty() {
-        assert!(Instant::now() < deadline, "the stage never attached to its egress channel");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_egress_reader(&t.bus, "egress/egress_packets");
     let payload = random_bytes(9, 100_000);
     let record = engine::records::encode_egress(&engine::records::EgressHeader { target: None }, &payload);
     writer.send(engine::records::KIND_EGRESS, &record).unwrap();

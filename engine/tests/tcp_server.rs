@@ -70,11 +70,9 @@ fn groups_hold_at_most_group_size_packets_and_fill_under_load() {
     let (local, writer) = send_in_background(addr, data.clone(), 7, 1000);
     // Let a backlog build up (the collector holds the ring full), so that
     // reading resumes under continuous load: groups must then fill up.
-    let deadline = Instant::now() + DEADLINE;
-    while engine.stats("groups").is_none_or(|s| s.stage.backpressure_stalls == 0) {
-        assert!(Instant::now() < deadline, "the ring never filled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the ring to fill", || {
+        engine.stats("groups").is_some_and(|s| s.stage.backpressure_stalls > 0)
+    });
     collector.until("all bytes", |c| c.received_from(local).len() >= data.len());
     assert!(collector.received_from(local) == data.as_slice());
     assert!(collector.group_sizes.iter().all(|&n| (1..=4).contains(&n)), "{:?}", collector.group_sizes);
@@ -147,11 +145,9 @@ fn connections_over_the_maximum_are_rejected_and_counted() {
         e.iter()
             .any(|ev| matches!(ev, ConnectionEvent::Disconnected { reason: DisconnectReason::Rejected, .. }))
     });
-    let deadline = Instant::now() + DEADLINE;
-    while engine.stats("max").is_none_or(|s| s.stage.rejected_connections != 1) {
-        assert!(Instant::now() < deadline, "rejection not counted: {:?}", engine.stats("max"));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the rejection to be counted", || {
+        engine.stats("max").is_some_and(|s| s.stage.rejected_connections == 1)
+    });
     assert_eq!(engine.stats("max").unwrap().stage.open_connections, 2);
     drop((a, b));
     engine.stop().unwrap();
@@ -252,11 +248,7 @@ impl EgressSender {
         let name = format!("{stage}/egress_packets");
         let producer = shm_bus::Producer::create(bus, &name, shm_bus::ChannelOptions::default()).unwrap();
         let writer = producer.shard(0).unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        while shm_bus::channel_info(bus, &name).unwrap().readers.is_empty() {
-            assert!(Instant::now() < deadline, "the engine never attached to {name}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_egress_reader(bus, &name);
         Self { writer, _producer: producer }
     }
 
@@ -342,20 +334,16 @@ fn a_slow_client_loses_egress_without_stalling_the_others() {
         egress.send(None, &record);
         assert!(read_exactly(&mut fast, record.len()) == record, "record {i} to the fast client");
     }
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let stats = engine.stats("slow");
-        let drops = stats
-            .as_ref()
-            .and_then(|s| s.connections.iter().find(|c| c.connection_id == slow_id))
-            .map_or(0, |c| c.traffic.egress_drops);
-        if drops > 0 {
-            assert!(stats.unwrap().stage.traffic.egress_drops >= drops);
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slow client's drops were not counted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the slow client's drops to be counted", || {
+        engine.stats("slow").is_some_and(|stats| {
+            let drops = stats
+                .connections
+                .iter()
+                .find(|c| c.connection_id == slow_id)
+                .map_or(0, |c| c.traffic.egress_drops);
+            drops > 0 && stats.stage.traffic.egress_drops >= drops
+        })
+    });
     drop(slow);
     engine.stop().unwrap();
 }
@@ -374,11 +362,9 @@ fn a_paused_lossless_reader_pushes_back_on_senders_and_loses_nothing() {
     let (local, writer) = send_in_background(addr, data.clone(), 42, 32 << 10);
     // The collector reads nothing: the ring fills, the stage stops reading,
     // and TCP flow control stops the sender well short of its 16 MiB.
-    let deadline = Instant::now() + DEADLINE;
-    while engine.stats("pause").is_none_or(|s| s.stage.backpressure_stalls == 0) {
-        assert!(Instant::now() < deadline, "no backpressure stall counted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("a backpressure stall", || {
+        engine.stats("pause").is_some_and(|s| s.stage.backpressure_stalls > 0)
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert!(!writer.is_finished(), "the sender was not pushed back");
     collector.until("every byte after resuming", |c| c.received_from(local).len() >= data.len());

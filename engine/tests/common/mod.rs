@@ -167,6 +167,23 @@ impl Events {
     }
 }
 
+/// Polls `done` until it holds; panics after [`DEADLINE`] naming `what`.
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the stage's egress reader has attached to `channel`, so
+/// that what is published next reaches it.
+pub fn wait_for_egress_reader(bus: &BusDir, channel: &str) {
+    eventually("the stage to attach to its egress channel", || {
+        shm_bus::channel_info(bus, channel).is_ok_and(|i| !i.readers.is_empty())
+    });
+}
+
 /// Deterministic pseudo-random bytes (xorshift), `len` of them.
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
