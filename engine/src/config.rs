@@ -21,6 +21,8 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const GIB4: u64 = 1 << 32;
+/// Default `receive_slot_size_b`.
+const DEFAULT_SLOT: u64 = 64 * KIB;
 
 /// Kernel socket buffer sizes in bytes: `setsockopt` takes a C `int`.
 const KERNEL_BUFFER_RANGE: RangeInclusive<u64> = 0..=i32::MAX as u64;
@@ -34,6 +36,21 @@ pub const MAX_STAGE_NAME_LEN: usize = 200;
 
 /// Highest processor index accepted in `thread_processor_affinity`.
 pub const MAX_PROCESSOR: usize = 1023;
+
+/// Which receive path a stage's executors run (`receive_path`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceivePathChoice {
+    /// io_uring multishot receive when the kernel supports it (probed at
+    /// start), else the glommio read path.
+    #[default]
+    Auto,
+    /// io_uring multishot receive into shared memory; the stage fails to
+    /// start if the kernel lacks it.
+    IoUring,
+    /// A `recv` into shared memory after glommio reports readiness.
+    GlommioRead,
+}
 
 /// The daemon's configuration file.
 ///
@@ -107,6 +124,15 @@ pub struct TcpServerConfig {
     /// Bytes of the shared-memory ring per shard of the stage's packet
     /// channel: a power of two in 64 KiB..=4 GiB.
     pub ring_size_b: u64,
+    /// Which receive path the executors run: `"auto"` (io_uring multishot
+    /// receive when the kernel supports it, else `"glommio_read"`),
+    /// `"io_uring"` or `"glommio_read"`.
+    pub receive_path: ReceivePathChoice,
+    /// Bytes of one receive slot of the io_uring path: the most one
+    /// completion delivers, and the ring space each packet takes. A power of
+    /// two in 4 KiB..=256 KiB; at most `ring_size_b` / 64 (at least 4 KiB) is
+    /// used.
+    pub receive_slot_size_b: u64,
     /// Seconds of idle time before TCP keepalive probes start (0..=86_400;
     /// 0: keepalive off).
     pub keepalive_s: u64,
@@ -166,6 +192,15 @@ pub struct TcpClientConfig {
     /// Bytes of the shared-memory ring per shard of the stage's packet
     /// channel: a power of two in 64 KiB..=4 GiB.
     pub ring_size_b: u64,
+    /// Which receive path the executors run: `"auto"` (io_uring multishot
+    /// receive when the kernel supports it, else `"glommio_read"`),
+    /// `"io_uring"` or `"glommio_read"`.
+    pub receive_path: ReceivePathChoice,
+    /// Bytes of one receive slot of the io_uring path: the most one
+    /// completion delivers, and the ring space each packet takes. A power of
+    /// two in 4 KiB..=256 KiB; at most `ring_size_b` / 64 (at least 4 KiB) is
+    /// used.
+    pub receive_slot_size_b: u64,
 }
 
 /// Why a configuration was not loaded.
@@ -240,6 +275,8 @@ impl Default for TcpServerConfig {
             kernel_receive_buffer_size_b: 0,
             kernel_transmit_buffer_size_b: 0,
             ring_size_b: 64 * MIB,
+            receive_path: ReceivePathChoice::Auto,
+            receive_slot_size_b: DEFAULT_SLOT,
             keepalive_s: 0,
         }
     }
@@ -265,6 +302,8 @@ impl Default for TcpClientConfig {
             reconnect_backoff_max_ms: 5000,
             keepalive_s: 0,
             ring_size_b: 64 * MIB,
+            receive_path: ReceivePathChoice::Auto,
+            receive_slot_size_b: DEFAULT_SLOT,
         }
     }
 }
@@ -341,6 +380,7 @@ impl TcpServerConfig {
         in_range("kernel_receive_buffer_size_b", self.kernel_receive_buffer_size_b, KERNEL_BUFFER_RANGE)?;
         in_range("kernel_transmit_buffer_size_b", self.kernel_transmit_buffer_size_b, KERNEL_BUFFER_RANGE)?;
         check_ring_size(self.ring_size_b)?;
+        check_slot_size(self.receive_slot_size_b)?;
         in_range("keepalive_s", self.keepalive_s, 0..=86_400)
     }
 }
@@ -375,7 +415,8 @@ impl TcpClientConfig {
             return Err(invalid("reconnect_backoff_max_ms", message));
         }
         in_range("keepalive_s", self.keepalive_s, 0..=86_400)?;
-        check_ring_size(self.ring_size_b)
+        check_ring_size(self.ring_size_b)?;
+        check_slot_size(self.receive_slot_size_b)
     }
 }
 
@@ -455,6 +496,16 @@ fn check_ring_size(bytes: u64) -> Result<(), ConfigError> {
     }
     let message = format!("must be a power of two in {}..={GIB4} (64 KiB..=4 GiB), got {bytes}", 64 * KIB);
     Err(invalid("ring_size_b", message))
+}
+
+/// Checks `receive_slot_size_b`.
+fn check_slot_size(bytes: u64) -> Result<(), ConfigError> {
+    if bytes.is_power_of_two() && (4 * KIB..=256 * KIB).contains(&bytes) {
+        return Ok(());
+    }
+    let message =
+        format!("must be a power of two in {}..={} (4 KiB..=256 KiB), got {bytes}", 4 * KIB, 256 * KIB);
+    Err(invalid("receive_slot_size_b", message))
 }
 
 /// Checks a client's `host:port`: a non-empty host without spaces (an IPv6
@@ -680,6 +731,16 @@ kernel_transmit_buffer_size_b = 0
 # Bytes of shared-memory ring per shard of the packet channel: a power of two
 # in 65536..=4294967296 (64 KiB..=4 GiB). 64 MiB.
 ring_size_b = 67108864
+# Receive path: "auto" (io_uring multishot receive straight into the shared
+# ring when the kernel supports it, else "glommio_read"), "io_uring" (fail
+# to start without it) or "glommio_read" (recv after glommio reports the
+# socket readable). Socket statistics report the path that runs.
+receive_path = "auto"
+# Bytes of one receive slot of the io_uring path: the most one receive
+# delivers, and the ring space each packet takes. A power of two in
+# 4096..=262144 (4 KiB..=256 KiB); at most ring_size_b / 64 (at least 4 KiB)
+# is used. 64 KiB.
+receive_slot_size_b = 65536
 # Seconds of idle time before TCP keepalive probes start, 0..=86400; 0: off.
 keepalive_s = 0
 
@@ -735,6 +796,16 @@ keepalive_s = 0
 # Bytes of shared-memory ring per shard of the packet channel: a power of two
 # in 65536..=4294967296 (64 KiB..=4 GiB). 64 MiB.
 # ring_size_b = 67108864
+# Receive path: "auto" (io_uring multishot receive straight into the shared
+# ring when the kernel supports it, else "glommio_read"), "io_uring" (fail
+# to start without it) or "glommio_read" (recv after glommio reports the
+# socket readable). Socket statistics report the path that runs.
+# receive_path = "auto"
+# Bytes of one receive slot of the io_uring path: the most one receive
+# delivers, and the ring space each packet takes. A power of two in
+# 4096..=262144 (4 KiB..=256 KiB); at most ring_size_b / 64 (at least 4 KiB)
+# is used. 64 KiB.
+# receive_slot_size_b = 65536
 "#;
 
 #[cfg(test)]
@@ -808,6 +879,8 @@ mod tests {
         ("kernel_transmit_buffer_size_b", &["0", "2147483647"], &["2147483648"]),
         ("ring_size_b", &["65536", "4294967296"], &["32768", "100000", "8589934592", "0"]),
         ("keepalive_s", &["0", "86400"], &["86401"]),
+        ("receive_path", &[r#""auto""#, r#""io_uring""#, r#""glommio_read""#], &[r#""uring""#, "1"]),
+        ("receive_slot_size_b", &["4096", "262144"], &["2048", "524288", "5000", "0"]),
     ];
 
     const SERVER_RANGES: &[RangeCase] = &[
@@ -882,7 +955,9 @@ mod tests {
                 let (error_key, line, message) = invalid_parts(EngineConfig::from_toml_str(&text));
                 assert_eq!(error_key, format!("{path}.{key}"), "{message}");
                 assert_eq!(line, Some(3), "{path}.{key}: {message}");
-                assert!(message.contains("invalid type"), "{path}.{key}: {message}");
+                // (An enum reads a table as a variant by name.)
+                let named = message.contains("invalid type") || message.contains("unknown variant");
+                assert!(named, "{path}.{key}: {message}");
             }
         }
     }
@@ -1042,6 +1117,8 @@ mod tests {
             kernel_receive_buffer_size_b = 8388608
             kernel_transmit_buffer_size_b = 65536
             ring_size_b = 1048576
+            receive_path = "glommio_read"
+            receive_slot_size_b = 16384
             keepalive_s = 30
 
             [[tcp_server]]
@@ -1083,6 +1160,8 @@ mod tests {
                     kernel_receive_buffer_size_b: 8 * MIB,
                     kernel_transmit_buffer_size_b: 64 * KIB,
                     ring_size_b: MIB,
+                    receive_path: ReceivePathChoice::GlommioRead,
+                    receive_slot_size_b: 16 * KIB,
                     keepalive_s: 30,
                 },
                 TcpServerConfig { name: "camera".to_owned(), ..TcpServerConfig::default() },
@@ -1105,6 +1184,7 @@ mod tests {
                 reconnect_backoff_max_ms: 50,
                 keepalive_s: 5,
                 ring_size_b: 64 * KIB,
+                ..TcpClientConfig::default()
             }],
         };
         assert_eq!(EngineConfig::from_toml_str(text).unwrap(), expected);

@@ -3,11 +3,17 @@
 //! into the executor's open group, and send its egress buffer), the flusher
 //! that publishes partial groups, and the statistics reporter.
 //!
-//! A connection lives on one executor for its whole life. Its task waits
-//! for readability and reads straight into the executor's open group
-//! ([`GroupPublisher`]). The flusher publishes a partial group as soon as a
-//! turn of the executor adds no packet (latency first), and at the latest
-//! after `group_timeout_us`.
+//! A connection lives on one executor for its whole life. How its bytes
+//! reach the shared ring depends on the executor's receive path:
+//! - io_uring ([`UringReceiver`]): a multishot recv per connection into
+//!   slots of the shard; a driver task reaps the executor's completions and
+//!   publishes groups; the connection's task only waits for the end.
+//! - glommio read ([`GroupPublisher`]): the connection's task waits for
+//!   readability and reads straight into the executor's open group.
+//!
+//! On both, the flusher publishes a partial group as soon as a turn of the
+//! executor adds no packet (latency first), and at the latest after
+//! `group_timeout_us`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -24,19 +30,24 @@ use glommio::timer::sleep;
 use glommio::{Task, spawn_local};
 use shm_bus::ShardWriter;
 use socket2::{Socket, TcpKeepalive};
+use std::os::fd::{AsRawFd, RawFd};
 
+use crate::config::ReceivePathChoice;
 use crate::inbox::{Command, Egress, Inbox, NewConnection};
-use crate::ingest::{EventPublisher, GroupPublisher, Received};
-use crate::records::{Addr, ConnectionEvent, DisconnectReason};
+use crate::ingest::{EventPublisher, GroupPublisher, PublishCounters, Received};
+use crate::records::{Addr, ConnectionEvent, DisconnectReason, ReceivePath};
 use crate::stats::{ClosedTotals, ConnectionCounters, ExecutorReport, StatsSink};
 use crate::sys::OpenConnections;
 use crate::tcp_client::{self, ConnectorSetup};
 use crate::tcp_server::{self, AcceptorSetup};
+use crate::uring_receiver::{Pass, UringReceiver};
 
 /// Receives per connection before it yields to the others.
 const RECVS_PER_TURN: usize = 16;
 /// While the channel is full, a connection retries at most this often.
 const MAX_STALL_BACKOFF: Duration = Duration::from_millis(2);
+/// How long a stopping executor waits for its io_uring recvs to end.
+const URING_DRAIN: Duration = Duration::from_secs(1);
 
 /// The keys of a stage's configuration that its connections use, whichever
 /// side opened them.
@@ -51,6 +62,17 @@ pub(crate) struct ConnectionSettings {
     pub(crate) kernel_receive_buffer_size_b: u64,
     pub(crate) kernel_transmit_buffer_size_b: u64,
     pub(crate) keepalive_s: u64,
+    pub(crate) receive_path: ReceivePathChoice,
+    pub(crate) receive_slot_size_b: u64,
+}
+
+/// How an executor's connections receive.
+#[allow(clippy::large_enum_variant, reason = "one per executor, made once and never moved")]
+pub(crate) enum Receiver {
+    /// `recv` after glommio reports readiness, into the open group.
+    Read(RefCell<GroupPublisher>),
+    /// io_uring multishot recv into slots of the shard.
+    Uring(Rc<UringReceiver>),
 }
 
 /// What the executor does besides serving connections.
@@ -67,7 +89,7 @@ pub(crate) enum Role {
 pub(crate) struct Executor {
     pub(crate) index: usize,
     pub(crate) settings: ConnectionSettings,
-    groups: RefCell<GroupPublisher>,
+    pub(crate) receiver: Receiver,
     pub(crate) events: RefCell<EventPublisher>,
     /// Packets committed so far: the flusher compares it across a turn to
     /// tell a busy executor from an idle one.
@@ -129,9 +151,10 @@ pub(crate) struct ExecutorSetup {
 pub(crate) async fn run_executor(setup: ExecutorSetup) {
     let ExecutorSetup { index, settings, packets, events, inbox, open, stats, role } = setup;
     let (flush_kick, flush_wait) = local_channel::new_bounded(1);
+    let receiver = receiver_for(&settings, index, packets);
     let exec = Rc::new(Executor {
         index,
-        groups: RefCell::new(GroupPublisher::new(packets, settings.group_size)),
+        receiver,
         events: RefCell::new(EventPublisher::new(events)),
         packets: Cell::new(0),
         flush_kick,
@@ -144,6 +167,10 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
         settings,
     });
     let flusher = spawn_local(flusher(exec.clone(), flush_wait));
+    let driver = match &exec.receiver {
+        Receiver::Uring(receiver) => Some(spawn_local(drive_uring(exec.clone(), receiver.clone()))),
+        Receiver::Read(_) => None,
+    };
     let reporter = spawn_local(report_stats(exec.clone(), stats.clone()));
     let opener = match role {
         Role::Acceptor(setup) => Some(spawn_local(tcp_server::accept_loop(exec.clone(), setup))),
@@ -185,7 +212,13 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
             time_ns: shm_bus::realtime_ns(),
         });
     }
-    exec.groups.borrow_mut().flush();
+    if let Some(driver) = driver {
+        driver.cancel().await;
+    }
+    if let Receiver::Uring(receiver) = &exec.receiver {
+        drain_uring(receiver).await;
+    }
+    exec.flush_groups();
     exec.events.borrow_mut().retry();
     flusher.cancel().await;
     reporter.cancel().await;
@@ -201,10 +234,9 @@ async fn flusher(exec: Rc<Executor>, kicks: LocalReceiver<()>) {
         loop {
             let before = exec.packets.get();
             future::yield_now().await;
-            let mut groups = exec.groups.borrow_mut();
-            let Some(age) = groups.open_age() else { break };
+            let Some(age) = exec.open_age() else { break };
             if exec.packets.get() == before || age >= timeout {
-                groups.flush();
+                exec.flush_groups();
                 break;
             }
         }
@@ -294,11 +326,15 @@ async fn serve_connection(
 ) -> DisconnectReason {
     let reason = match PollableFd::new(socket) {
         Ok(fd) => {
-            future::or(
-                receive(&exec, &fd, id, peer.into(), &counters),
-                send_egress(&fd, &egress, egress_kicks, &counters),
-            )
-            .await
+            let receiving = async {
+                match &exec.receiver {
+                    Receiver::Read(groups) => receive(&exec, groups, &fd, id, peer.into(), &counters).await,
+                    Receiver::Uring(receiver) => {
+                        receive_uring(&exec, receiver, fd.as_raw_fd(), id, peer.into(), &counters).await
+                    }
+                }
+            };
+            future::or(receiving, send_egress(&fd, &egress, egress_kicks, &counters)).await
         }
         Err(e) => DisconnectReason::Error(format!("cannot poll the socket: {e}")),
     };
@@ -319,6 +355,7 @@ async fn serve_connection(
 /// Reads the connection until it ends; returns why it ended.
 async fn receive(
     exec: &Executor,
+    groups: &RefCell<GroupPublisher>,
     fd: &PollableFd<Socket>,
     id: u64,
     peer: Addr,
@@ -343,14 +380,14 @@ async fn receive(
             Err(e) => return DisconnectReason::Error(e.to_string()),
         }
         for _ in 0..RECVS_PER_TURN {
-            let received = exec.groups.borrow_mut().recv_from(fd.get_ref(), id, peer);
+            let received = groups.borrow_mut().recv_from(fd.get_ref(), id, peer);
             match received {
                 Received::Packet(n) => {
                     counters.borrow_mut().count_packet(n);
                     exec.packets.set(exec.packets.get() + 1);
                     stall_backoff = Duration::from_micros(50);
                     if exec.settings.group_timeout_us == 0 {
-                        exec.groups.borrow_mut().flush();
+                        groups.borrow_mut().flush();
                     } else {
                         let _ = exec.flush_kick.try_send(());
                     }
@@ -369,6 +406,137 @@ async fn receive(
             }
         }
         future::yield_now().await;
+    }
+}
+
+/// The io_uring side of a connection: its recv runs in the executor's ring
+/// (see [`drive_uring`]); this waits for its end, or for
+/// `data_receive_timeout_ms` of silence. Detaches the connection however
+/// it ends, also when the task is cancelled.
+async fn receive_uring(
+    exec: &Executor,
+    receiver: &UringReceiver,
+    fd: RawFd,
+    id: u64,
+    peer: Addr,
+    counters: &Rc<RefCell<ConnectionCounters>>,
+) -> DisconnectReason {
+    struct Detach<'a>(&'a UringReceiver, u64);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            self.0.detach(self.1);
+        }
+    }
+    let ended = receiver.attach(fd, id, peer, counters.clone());
+    let _detach = Detach(receiver, id);
+    let silence = Duration::from_millis(exec.settings.data_receive_timeout_ms);
+    loop {
+        if silence.is_zero() {
+            return ended.recv().await.unwrap_or(DisconnectReason::Shutdown);
+        }
+        let end = async { Some(ended.recv().await.unwrap_or(DisconnectReason::Shutdown)) };
+        let quiet = async {
+            sleep(silence).await;
+            None
+        };
+        if let Some(reason) = future::or(end, quiet).await {
+            return reason;
+        }
+        if receiver.last_packet(id).is_some_and(|at| at.elapsed() >= silence) {
+            return DisconnectReason::ReceiveTimeout;
+        }
+    }
+}
+
+/// Runs the executor's io_uring: reaps completions and publishes groups
+/// while there are any, yielding between passes; parks on the ring's fd
+/// when idle, or retries on a backing-off timer while a gated reader holds
+/// the ring.
+async fn drive_uring(exec: Rc<Executor>, receiver: Rc<UringReceiver>) {
+    let ring = match PollableFd::new(RingFd(receiver.fd())) {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::error!("stage {}: cannot poll the io_uring: {e}", exec.settings.stage);
+            return;
+        }
+    };
+    let mut stall_backoff = Duration::from_micros(50);
+    loop {
+        match receiver.pass() {
+            Pass::Busy { packets } => {
+                stall_backoff = Duration::from_micros(50);
+                if packets > 0 {
+                    exec.packets.set(exec.packets.get() + packets);
+                    if exec.settings.group_timeout_us != 0 {
+                        let _ = exec.flush_kick.try_send(());
+                    }
+                }
+                future::yield_now().await;
+            }
+            Pass::Idle => {
+                if let Err(e) = ring.readable().await {
+                    tracing::error!("stage {}: polling the io_uring failed: {e}", exec.settings.stage);
+                    sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Pass::Stalled => {
+                let _ = future::or(async { ring.readable().await.is_ok() }, async {
+                    sleep(stall_backoff).await;
+                    true
+                })
+                .await;
+                stall_backoff = (stall_backoff * 2).min(MAX_STALL_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Ends every recv of a stopping executor and publishes what they
+/// delivered (bounded by [`URING_DRAIN`]).
+async fn drain_uring(receiver: &UringReceiver) {
+    receiver.cancel_all();
+    let deadline = std::time::Instant::now() + URING_DRAIN;
+    loop {
+        receiver.pass();
+        if !receiver.has_armed() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+    receiver.stop_accepting();
+    receiver.pass();
+}
+
+/// The io_uring's fd, for glommio to poll; the ring owns (and closes) it.
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Sets up the executor's receive path as configured; falls back to the
+/// read path (with a warning) where io_uring cannot be set up.
+fn receiver_for(settings: &ConnectionSettings, index: usize, packets: ShardWriter) -> Receiver {
+    let read = |packets| Receiver::Read(RefCell::new(GroupPublisher::new(packets, settings.group_size)));
+    if settings.receive_path == ReceivePathChoice::GlommioRead {
+        return read(packets);
+    }
+    match UringReceiver::new(
+        packets,
+        settings.receive_slot_size_b,
+        settings.group_size,
+        settings.group_timeout_us,
+    ) {
+        Ok(receiver) => Receiver::Uring(Rc::new(receiver)),
+        Err((packets, e)) => {
+            tracing::warn!(
+                "stage {}: executor {index} cannot set up io_uring receive ({e}); using the glommio read path",
+                settings.stage
+            );
+            read(packets)
+        }
     }
 }
 
@@ -429,11 +597,43 @@ pub(crate) fn configure(socket: &Socket, config: &ConnectionSettings) -> io::Res
 }
 
 impl Executor {
+    /// The receive path this executor runs.
+    pub(crate) fn receive_path(&self) -> ReceivePath {
+        match self.receiver {
+            Receiver::Read(_) => ReceivePath::GlommioRead,
+            Receiver::Uring(_) => ReceivePath::IoUringMultishot,
+        }
+    }
+
+    fn publish_counters(&self) -> PublishCounters {
+        match &self.receiver {
+            Receiver::Read(groups) => groups.borrow().counters(),
+            Receiver::Uring(receiver) => receiver.counters(),
+        }
+    }
+
+    /// How long the open group has waited, if it has packets.
+    fn open_age(&self) -> Option<Duration> {
+        match &self.receiver {
+            Receiver::Read(groups) => groups.borrow().open_age(),
+            Receiver::Uring(receiver) => receiver.open_age(),
+        }
+    }
+
+    /// Publishes the open group.
+    fn flush_groups(&self) {
+        match &self.receiver {
+            Receiver::Read(groups) => groups.borrow_mut().flush(),
+            Receiver::Uring(receiver) => receiver.flush(),
+        }
+    }
+
     /// This executor's counters, for the statistics thread.
     fn report(&self) -> ExecutorReport {
         ExecutorReport {
             executor: self.index,
-            publish: self.groups.borrow().counters(),
+            receive_path: self.receive_path(),
+            publish: self.publish_counters(),
             rejected: self.rejected.get(),
             egress_unconnected_drops: self.egress_unconnected_drops.get(),
             closed: *self.closed.borrow(),
@@ -499,6 +699,8 @@ macro_rules! connection_settings_from {
                     kernel_receive_buffer_size_b: c.kernel_receive_buffer_size_b,
                     kernel_transmit_buffer_size_b: c.kernel_transmit_buffer_size_b,
                     keepalive_s: c.keepalive_s,
+                    receive_path: c.receive_path,
+                    receive_slot_size_b: c.receive_slot_size_b,
                 }
             }
         }
@@ -524,6 +726,8 @@ mod tests {
             kernel_receive_buffer_size_b: receive,
             kernel_transmit_buffer_size_b: transmit,
             keepalive_s: 30,
+            receive_path: ReceivePathChoice::GlommioRead,
+            receive_slot_size_b: 64 << 10,
         }
     }
 

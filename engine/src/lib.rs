@@ -36,6 +36,7 @@ mod stats;
 mod sys;
 mod tcp_client;
 mod tcp_server;
+mod uring_receiver;
 
 use std::net::SocketAddr;
 use std::time::Duration;

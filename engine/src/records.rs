@@ -32,6 +32,11 @@ pub const KIND_EGRESS: u16 = 4;
 
 /// Version of the packet group layout: byte 0 of every group.
 pub const GROUP_VERSION: u8 = 1;
+/// Version of the packet group layout written by the io_uring receive path:
+/// as version 1, but each packet's reserved `u16` (offset 42) counts extra
+/// 8-byte words of padding after its data, because the kernel placed each
+/// packet's bytes at the start of a fixed-size slot.
+pub const GROUP_VERSION_SLOTTED: u8 = 2;
 /// Length of a packet group's header.
 pub const GROUP_HEADER_LEN: usize = 8;
 /// Length of a packet's header inside a group.
@@ -178,10 +183,7 @@ impl GroupWriter {
     ///
     /// If `buf` is shorter than [`GROUP_HEADER_LEN`].
     pub fn close(self, buf: &mut [u8]) -> usize {
-        let mut header = [0; GROUP_HEADER_LEN];
-        header[0] = GROUP_VERSION;
-        header[4..].copy_from_slice(&self.packets.to_le_bytes());
-        buf[..GROUP_HEADER_LEN].copy_from_slice(&header);
+        buf[..GROUP_HEADER_LEN].copy_from_slice(&group_header(GROUP_VERSION, self.packets));
         self.len
     }
 }
@@ -202,10 +204,12 @@ pub fn decode_group(record: &[u8]) -> Result<Packets<'_>, DecodeError> {
     let (header, rest) = record
         .split_first_chunk::<GROUP_HEADER_LEN>()
         .ok_or(DecodeError::GroupTruncated { len: record.len() })?;
-    if header[0] != GROUP_VERSION {
-        return Err(DecodeError::UnsupportedVersion(header[0]));
-    }
-    let packets = Packets { rest, next: 0, count: u32::from_le_bytes(bytes_at(header, 4)) };
+    let slotted = match header[0] {
+        GROUP_VERSION => false,
+        GROUP_VERSION_SLOTTED => true,
+        other => return Err(DecodeError::UnsupportedVersion(other)),
+    };
+    let packets = Packets { rest, next: 0, count: u32::from_le_bytes(bytes_at(header, 4)), slotted };
     let mut check = packets.clone();
     while check.next < check.count {
         check.split_next()?;
@@ -225,6 +229,8 @@ pub struct Packets<'a> {
     next: u32,
     /// Number of packets in the group.
     count: u32,
+    /// Version 2: packets may be followed by extra padding.
+    slotted: bool,
 }
 
 impl<'a> Packets<'a> {
@@ -241,7 +247,8 @@ impl<'a> Packets<'a> {
             peer: Addr { ip: bytes_at(header, 24), port: u16::from_le_bytes(bytes_at(header, 40)) },
         };
         let len = u32::from_le_bytes(bytes_at(header, 44)) as usize;
-        let padded = len.checked_next_multiple_of(8).unwrap_or(usize::MAX);
+        let skip = if self.slotted { usize::from(u16::from_le_bytes(bytes_at(header, 42))) * 8 } else { 0 };
+        let padded = len.checked_next_multiple_of(8).and_then(|p| p.checked_add(skip)).unwrap_or(usize::MAX);
         if padded > body.len() {
             return Err(truncated(PACKET_HEADER_LEN.saturating_add(padded)));
         }
@@ -250,6 +257,22 @@ impl<'a> Packets<'a> {
         self.next += 1;
         Ok(Packet { meta, data: &data[..len] })
     }
+}
+
+/// The group header of `version` with `packets` packets.
+pub(crate) fn group_header(version: u8, packets: u32) -> [u8; GROUP_HEADER_LEN] {
+    let mut header = [0; GROUP_HEADER_LEN];
+    header[0] = version;
+    header[4..].copy_from_slice(&packets.to_le_bytes());
+    header
+}
+
+/// The header of a packet of `len` bytes in a version 2 group, followed by
+/// its padding to 8 bytes and then `skip_words` more 8-byte words.
+pub(crate) fn slotted_packet_header(meta: &PacketMeta, len: u32, skip_words: u16) -> [u8; PACKET_HEADER_LEN] {
+    let mut header = packet_header(meta, len);
+    header[42..44].copy_from_slice(&skip_words.to_le_bytes());
+    header
 }
 
 impl<'a> Iterator for Packets<'a> {
@@ -505,7 +528,7 @@ pub enum DecodeError {
         len: usize,
     },
     /// A packet group has a layout version this reader does not know.
-    #[error("packet group version {0} is not supported (this reader knows version {GROUP_VERSION})")]
+    #[error("packet group version {0} is not supported (this reader knows versions 1 and 2)")]
     UnsupportedVersion(u8),
     /// A packet of a group goes past the end of the record.
     #[error("packet {index} of the group needs {needed} bytes, only {available} are left")]
@@ -714,6 +737,27 @@ mod tests {
     }
 
     #[test]
+    fn slotted_group_skips_the_padding_of_each_packet() {
+        // Two packets in 256-byte slots, as the io_uring path lays them out:
+        // packet headers 256 bytes apart, stale bytes in between.
+        let mut record = vec![0xEE; 8 + 256 + 208];
+        record[..8].copy_from_slice(&group_header(GROUP_VERSION_SLOTTED, 2));
+        let first = slotted_packet_header(&meta(1), 5, ((256 - 48 - 8) / 8) as u16);
+        record[8..56].copy_from_slice(&first);
+        record[56..61].copy_from_slice(b"hello");
+        let second = slotted_packet_header(&meta(2), 12, ((208 - 48 - 16) / 8) as u16);
+        record[8 + 256..8 + 256 + 48].copy_from_slice(&second);
+        record[8 + 256 + 48..8 + 256 + 60].copy_from_slice(b"hello world!");
+        let packets: Vec<_> =
+            decode_group(&record).unwrap().map(|p| (p.meta.connection_id, p.data)).collect();
+        assert_eq!(packets, [(1, &b"hello"[..]), (2, &b"hello world!"[..])]);
+        // Version 1 ignores the field and finds stale bytes where the
+        // second header should be.
+        record[0] = GROUP_VERSION;
+        assert!(decode_group(&record).is_err());
+    }
+
+    #[test]
     fn empty_group_is_valid() {
         let mut buf = [0xAA; 8];
         let len = GroupWriter::new().close(&mut buf);
@@ -724,9 +768,15 @@ mod tests {
     fn bad_groups_are_named() {
         let (record, _) = build_group(&[5, 8]);
         assert!(matches!(decode_group(&record[..7]), Err(DecodeError::GroupTruncated { len: 7 })));
-        let mut v2 = record.clone();
-        v2[0] = 2;
-        assert!(matches!(decode_group(&v2), Err(DecodeError::UnsupportedVersion(2))));
+        let mut v3 = record.clone();
+        v3[0] = 3;
+        assert!(matches!(decode_group(&v3), Err(DecodeError::UnsupportedVersion(3))));
+        // Version 2 reads the reserved u16 as extra padding: here it runs
+        // past the end.
+        let mut skipping = record.clone();
+        skipping[0] = GROUP_VERSION_SLOTTED;
+        skipping[8 + 42] = 1;
+        assert!(matches!(decode_group(&skipping), Err(DecodeError::PacketTruncated { index: 1, .. })));
         let err = decode_group(&record[..record.len() - 1]).unwrap_err();
         assert!(matches!(err, DecodeError::PacketTruncated { index: 1, needed: 56, available: 55 }), "{err}");
         let mut long = record.clone();

@@ -10,12 +10,12 @@ use std::time::Duration;
 use glommio::ExecutorJoinHandle;
 use shm_bus::{AttachError, BusDir, ChannelOptions, Event, Producer, Reader, ReaderOptions};
 
-use crate::config::{TcpClientConfig, TcpServerConfig};
+use crate::config::{ReceivePathChoice, TcpClientConfig, TcpServerConfig};
 use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
 use crate::inbox::{self, Command, Egress, InboxSender};
 use crate::records::{self, SocketStats};
 use crate::stats;
-use crate::sys::OpenConnections;
+use crate::sys::{self, OpenConnections};
 use crate::tcp_client::ConnectorSetup;
 use crate::tcp_server::{AcceptorSetup, BoundAddress};
 use crate::{EngineError, executor};
@@ -127,6 +127,29 @@ struct StagePlan {
     bound: Arc<BoundAddress>,
 }
 
+/// Probes the kernel for the io_uring receive path: `auto` picks it when it
+/// works, `io_uring` insists on it.
+fn choose_receive_path(stage: &str, asked: ReceivePathChoice) -> Result<ReceivePathChoice, EngineError> {
+    if asked == ReceivePathChoice::GlommioRead {
+        tracing::info!("stage {stage}: receive path: glommio read (configured)");
+        return Ok(asked);
+    }
+    match sys::uring::probe() {
+        Ok(()) => {
+            tracing::info!("stage {stage}: receive path: io_uring multishot recv into shared memory");
+            Ok(ReceivePathChoice::IoUring)
+        }
+        Err(e) if asked == ReceivePathChoice::Auto => {
+            tracing::info!("stage {stage}: receive path: glommio read (io_uring unavailable: {e})");
+            Ok(ReceivePathChoice::GlommioRead)
+        }
+        Err(source) => Err(EngineError::Io {
+            stage: stage.to_owned(),
+            source: std::io::Error::new(source.kind(), format!("receive_path = \"io_uring\": {source}")),
+        }),
+    }
+}
+
 /// Creates the stage's channels and threads. Executor 0 gets the role made
 /// by `opener` (given every executor's inbox); the others serve the
 /// connections they are handed.
@@ -136,8 +159,9 @@ fn start(
     plan: StagePlan,
     opener: impl FnOnce(Vec<InboxSender>) -> Role,
 ) -> Result<Stage, EngineError> {
-    let StagePlan { settings, ring_size_b, priority, placements, bound } = plan;
+    let StagePlan { mut settings, ring_size_b, priority, placements, bound } = plan;
     let stage = settings.stage.clone();
+    settings.receive_path = choose_receive_path(&stage, settings.receive_path)?;
     let shards = placements.len() as u32;
     let channel_error = |name: String| move |source| EngineError::Channel { name, source };
     let io_error = |source| EngineError::Io { stage: stage.clone(), source };

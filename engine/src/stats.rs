@@ -64,6 +64,8 @@ impl ConnectionCounters {
 #[derive(Debug)]
 pub(crate) struct ExecutorReport {
     pub(crate) executor: usize,
+    /// The receive path this executor runs.
+    pub(crate) receive_path: ReceivePath,
     pub(crate) publish: PublishCounters,
     pub(crate) rejected: u64,
     /// Egress records no open connection was there to take.
@@ -171,7 +173,11 @@ impl Publisher {
         let mut stage = StageStats::default();
         let mut totals = TrafficStats::default();
         let mut connections = BTreeMap::new();
+        // Every executor runs the path the stage chose, unless setting up
+        // io_uring failed on one (logged): the first executor's is reported.
+        let mut receive_path = None;
         for report in self.reports.iter().flatten() {
+            receive_path.get_or_insert(report.receive_path);
             stage.groups_published += report.publish.groups;
             stage.backpressure_stalls += report.publish.stalls;
             stage.rejected_connections += report.rejected;
@@ -199,7 +205,7 @@ impl Publisher {
         let record = SocketStats {
             time_ns: shm_bus::realtime_ns(),
             interval_ns: interval.as_nanos() as u64,
-            receive_path: ReceivePath::GlommioRead,
+            receive_path: receive_path.unwrap_or(ReceivePath::GlommioRead),
             stage,
             connections: connections.into_values().collect(),
         };

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use glommio::timer::sleep;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::TcpServerConfig;
-use crate::connection::{self, Executor};
+use crate::connection::{self, Executor, Receiver};
 use crate::inbox::{Command, InboxSender, NewConnection};
 use crate::records::ConnectionEvent;
 use crate::records::DisconnectReason;
@@ -92,70 +93,109 @@ async fn bind_with_retry(config: &TcpServerConfig) -> Socket {
     }
 }
 
-/// Accepts connections and hands them to the executors, round robin.
+/// Accepts connections and hands them to the executors, round robin: with
+/// a multishot accept on the io_uring path, else on glommio's readiness.
 pub(crate) async fn accept_loop(exec: Rc<Executor>, setup: AcceptorSetup) {
     let config = &setup.config;
-    let max = config.maximum_connections as usize;
-    let mut next_id = 1u64;
-    let mut next_executor = 0usize;
-    'rebuild: loop {
+    let mut handout = Handout { next_id: 1, next_executor: 0 };
+    loop {
         let socket = bind_with_retry(config).await;
         let local = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(config.address);
-        let listener = match PollableFd::new(socket) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::error!("stage {}: cannot poll the listener: {e}", config.name);
-                sleep(MAX_BIND_BACKOFF).await;
-                continue 'rebuild;
-            }
-        };
-        setup.bound.set(local);
-        tracing::info!("stage {}: listening on {local}", config.name);
-        loop {
-            if let Err(e) = listener.readable().await {
-                tracing::warn!("stage {}: listener failed ({e}); rebuilding it", config.name);
-                continue 'rebuild;
-            }
-            loop {
-                let (socket, peer) = match listener.get_ref().accept() {
-                    Ok(accepted) => accepted,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if is_transient_accept_error(&e) => {
-                        tracing::warn!("stage {}: accept: {e}", config.name);
-                        sleep(Duration::from_millis(10)).await;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!("stage {}: listener failed ({e}); rebuilding it", config.name);
-                        continue 'rebuild;
+        let failure = match &exec.receiver {
+            Receiver::Uring(receiver) => {
+                let accepted = receiver.accept(socket.as_raw_fd());
+                setup.bound.set(local);
+                tracing::info!("stage {}: listening on {local} (io_uring multishot accept)", config.name);
+                let failure = loop {
+                    match accepted.recv().await {
+                        Some(Ok(connection)) => handout.hand_out(&exec, &setup, connection, local),
+                        Some(Err(e)) if is_transient_accept_error(&e) => {
+                            tracing::warn!("stage {}: accept: {e}", config.name);
+                            sleep(Duration::from_millis(10)).await;
+                        }
+                        Some(Err(e)) => break e,
+                        None => break io::Error::other("the accept channel closed"),
                     }
                 };
-                let id = next_id;
-                next_id += 1;
-                let peer = peer.as_socket().unwrap_or(local);
-                let conn_local = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(local);
-                if !exec.open.try_open(max) {
-                    reject(&exec, id, peer, conn_local);
+                receiver.stop_accepting();
+                failure
+            }
+            Receiver::Read(_) => match PollableFd::new(socket) {
+                Ok(listener) => {
+                    setup.bound.set(local);
+                    tracing::info!("stage {}: listening on {local}", config.name);
+                    accept_ready(&exec, &setup, &listener, local, &mut handout).await
+                }
+                Err(e) => {
+                    tracing::error!("stage {}: cannot poll the listener: {e}", config.name);
+                    sleep(MAX_BIND_BACKOFF).await;
                     continue;
                 }
-                if let Err(e) =
-                    socket.set_nonblocking(true).and_then(|()| connection::configure(&socket, &exec.settings))
-                {
-                    tracing::warn!(
-                        "stage {}: cannot configure connection {id} from {peer}: {e}",
-                        config.name
-                    );
+            },
+        };
+        tracing::warn!("stage {}: listener failed ({failure}); rebuilding it", config.name);
+    }
+}
+
+/// Accepts whenever glommio reports the listener readable, until it fails.
+async fn accept_ready(
+    exec: &Rc<Executor>,
+    setup: &AcceptorSetup,
+    listener: &PollableFd<Socket>,
+    local: SocketAddr,
+    handout: &mut Handout,
+) -> io::Error {
+    loop {
+        if let Err(e) = listener.readable().await {
+            return e.into();
+        }
+        loop {
+            match listener.get_ref().accept() {
+                Ok((socket, _)) => handout.hand_out(exec, setup, socket, local),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!("stage {}: accept: {e}", setup.config.name);
+                    sleep(Duration::from_millis(10)).await;
+                    break;
                 }
-                exec.warn_once_if_clamped(&socket);
-                let target = next_executor % setup.executors.len();
-                next_executor += 1;
-                let conn = NewConnection { socket, id, peer, local: conn_local };
-                if target == exec.index {
-                    drop(connection::start_connection(&exec, conn));
-                } else {
-                    setup.executors[target].send(Command::Connection(conn));
-                }
+                Err(e) => return e,
             }
+        }
+    }
+}
+
+/// Numbers accepted connections and deals them out to the executors.
+struct Handout {
+    next_id: u64,
+    next_executor: usize,
+}
+
+impl Handout {
+    /// Gives an accepted connection an id and an executor, or rejects it
+    /// over `maximum_connections`.
+    fn hand_out(&mut self, exec: &Rc<Executor>, setup: &AcceptorSetup, socket: Socket, listener: SocketAddr) {
+        let config = &setup.config;
+        let id = self.next_id;
+        self.next_id += 1;
+        let local = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener);
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket()).unwrap_or(local);
+        if !exec.open.try_open(config.maximum_connections as usize) {
+            reject(exec, id, peer, local);
+            return;
+        }
+        if let Err(e) =
+            socket.set_nonblocking(true).and_then(|()| connection::configure(&socket, &exec.settings))
+        {
+            tracing::warn!("stage {}: cannot configure connection {id} from {peer}: {e}", config.name);
+        }
+        exec.warn_once_if_clamped(&socket);
+        let target = self.next_executor % setup.executors.len();
+        self.next_executor += 1;
+        let conn = NewConnection { socket, id, peer, local };
+        if target == exec.index {
+            drop(connection::start_connection(exec, conn));
+        } else {
+            setup.executors[target].send(Command::Connection(conn));
         }
     }
 }

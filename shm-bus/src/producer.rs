@@ -229,6 +229,94 @@ impl ShardWriter {
         self.reserve(max_len)
     }
 
+    /// Size of the shard's ring in bytes (a power of two): a record never
+    /// crosses a multiple of it.
+    pub fn ring_capacity(&self) -> usize {
+        self.core.capacity() as usize
+    }
+
+    /// Position of the next record: bytes written to this shard since it
+    /// was created, padding included (ring offset = position modulo
+    /// [`ShardWriter::ring_capacity`]).
+    pub fn next_record_pos(&self) -> u64 {
+        self.core.next_record_pos()
+    }
+
+    // -- Claimed space ---------------------------------------------------
+    //
+    // For producers whose records are filled in place by someone else
+    // before their lengths are known, e.g. the kernel receiving into
+    // buffers handed to it in advance. The producer claims ring space ahead
+    // of the next record (gated readers permitting), gives parts of it away
+    // (`claimed_ptr`), and once they are filled commits records over them
+    // in order (`commit_claimed`), each starting where the previous ended.
+
+    /// Claims the ring up to position `end` (see
+    /// [`ShardWriter::next_record_pos`]), at most half a ring ahead of the
+    /// next record. Never blocks: [`ReserveError::Full`] means a gated
+    /// reader still holds part of that space; the claim made so far stays.
+    pub fn claim_to(&mut self, end: u64) -> Result<(), ReserveError> {
+        let next = self.core.next_record_pos();
+        let max = self.core.capacity() / 2;
+        if end < next || end - next > max {
+            return Err(ReserveError::TooLarge { len: end.saturating_sub(next), max });
+        }
+        self.core.claim(end).map_err(|NoSpace::Gated { reader_pid }| ReserveError::Full {
+            shard: self.shard,
+            needed: end - next,
+            reader_pid,
+        })
+    }
+
+    /// End of the claimed space: positions from
+    /// [`ShardWriter::next_record_pos`] up to here may be written. At least
+    /// what [`ShardWriter::claim_to`] last claimed.
+    pub fn claimed_end(&self) -> u64 {
+        self.core.writable_end()
+    }
+
+    /// The claimed bytes at positions `pos..pos + len`, to write in place.
+    ///
+    /// # Panics
+    /// If the range is not claimed space or crosses the end of the ring.
+    pub fn claimed_mut(&mut self, pos: u64, len: usize) -> &mut [u8] {
+        self.core.claimed_mut(pos, len)
+    }
+
+    /// The address of claimed position `pos`, for handing `pos..pos + len`
+    /// to another writer (the kernel). It stays valid while this writer
+    /// lives. Whoever writes through it must be done before
+    /// [`ShardWriter::commit_claimed`] covers the range, and the range must
+    /// not be asked of [`ShardWriter::claimed_mut`] meanwhile.
+    ///
+    /// # Panics
+    /// As [`ShardWriter::claimed_mut`].
+    pub fn claimed_ptr(&self, pos: u64, len: usize) -> *mut u8 {
+        self.core.claimed_ptr(pos, len)
+    }
+
+    /// Commits the record at [`ShardWriter::next_record_pos`], whose `len`
+    /// payload bytes (after the record header of
+    /// [`layout::RECORD_HEADER`] bytes) are already in place. Visible after
+    /// the next [`ShardWriter::publish`]. Returns its sequence number.
+    ///
+    /// # Panics
+    /// If the record leaves the claimed space or crosses the end of the
+    /// ring, or `kind` is `0xFFFF`.
+    pub fn commit_claimed(&mut self, len: usize, kind: u16, timestamp_ns: u64) -> u64 {
+        assert!(kind != layout::KIND_PADDING, "kind 0xFFFF is reserved for padding");
+        self.core.commit_in_place(len as u64, kind, timestamp_ns)
+    }
+
+    /// Fills claimed space from [`ShardWriter::next_record_pos`] with a
+    /// padding record of `len` payload bytes, which readers skip.
+    ///
+    /// # Panics
+    /// As [`ShardWriter::commit_claimed`].
+    pub fn commit_claimed_padding(&mut self, len: usize) {
+        self.core.commit_in_place(len as u64, layout::KIND_PADDING, 0);
+    }
+
     /// Copies `payload` into a new record of `kind` stamped now (not yet
     /// published). Returns its sequence number.
     pub fn write(&mut self, kind: u16, payload: &[u8]) -> Result<u64, ReserveError> {

@@ -924,6 +924,103 @@ impl WriterCore {
         self.words.wake_if_waiting();
     }
 
+    /// Makes ring positions up to `end` (absolute) writable ahead of the
+    /// next record, for a caller that hands that space to another writer
+    /// (the kernel) before it knows the records' lengths: the same gate and
+    /// tail checks as [`WriterCore::reserve`], no padding, no record.
+    /// Records are later committed in place with [`WriterCore::commit_in_place`].
+    pub(crate) fn claim(&mut self, end: u64) -> Result<(), NoSpace> {
+        debug_assert!(end >= self.pending && end - self.pending <= self.shard.capacity / 2);
+        let target = end.saturating_sub(self.shard.capacity);
+        if target > self.writable_limit {
+            self.make_writable(target)?;
+        }
+        Ok(())
+    }
+
+    /// End (absolute, exclusive) of the space that may be written now: what
+    /// [`WriterCore::claim`] and the reservations made writable.
+    pub(crate) fn writable_end(&self) -> u64 {
+        self.writable_limit + self.shard.capacity
+    }
+
+    /// Where the next record goes (absolute position).
+    pub(crate) fn next_record_pos(&self) -> u64 {
+        self.pending
+    }
+
+    /// Commits the record at [`WriterCore::next_record_pos`] whose `len`
+    /// payload bytes are already in place in claimed space, or a padding
+    /// record (`kind` = [`KIND_PADDING`]) that readers skip.
+    ///
+    /// # Panics
+    /// If the record would end beyond the claimed space or cross the end of
+    /// the ring.
+    pub(crate) fn commit_in_place(&mut self, len: u64, kind: u16, timestamp_ns: u64) -> u64 {
+        let pos = self.pending;
+        let size = record_size(len);
+        assert!(
+            (pos & self.shard.mask()) + size <= self.shard.capacity && pos + size <= self.writable_end(),
+            "a record of {len} bytes at {pos} leaves the claimed space or crosses the end of the ring"
+        );
+        if kind == KIND_PADDING {
+            self.write_header(pos, len, KIND_PADDING, self.next_seq, 0);
+            self.pending = pos + size;
+            return self.next_seq;
+        }
+        self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns)
+    }
+
+    /// The bytes at ring positions `pos..pos + len` (absolute) of the space
+    /// between the next record and [`WriterCore::writable_end`].
+    ///
+    /// # Panics
+    /// If the range leaves that space or crosses the end of the ring.
+    #[cfg(not(loom))]
+    pub(crate) fn claimed_mut(&mut self, pos: u64, len: usize) -> &mut [u8] {
+        let off = self.claimed_offset(pos, len);
+        let region = &self.shard.data;
+        // SAFETY: in bounds of the writable data mapping kept alive by
+        // `region` (`claimed_offset` checked the range against the ring),
+        // and exclusive like `payload_mut`: only this writer writes the
+        // claimed space, `make_writable` moved the tail and the gates past
+        // it, and `&mut self` hands out one slice at a time. (A caller that
+        // gave part of the claim to the kernel must not ask for that part
+        // until the kernel is done with it: see `claimed_ptr`.)
+        unsafe { std::slice::from_raw_parts_mut(region.map.raw.as_mut_ptr().add(region.offset + off), len) }
+    }
+
+    /// The address of ring position `pos` (absolute), for handing
+    /// `pos..pos + len` of the claimed space to another writer such as the
+    /// kernel. The pointer stays valid while this writer lives.
+    ///
+    /// # Panics
+    /// As [`WriterCore::claimed_mut`].
+    #[cfg(not(loom))]
+    pub(crate) fn claimed_ptr(&self, pos: u64, len: usize) -> *mut u8 {
+        let off = self.claimed_offset(pos, len);
+        let region = &self.shard.data;
+        // SAFETY: `claimed_offset` checked that `off + len` lies inside the
+        // ring, which lies inside the mapping at `region.offset`, so the
+        // offset pointer stays inside one allocation. No access happens here.
+        unsafe { region.map.raw.as_mut_ptr().add(region.offset + off) }
+    }
+
+    /// The data-region offset of `pos..pos + len`, checked to lie in claimed
+    /// space and not to cross the end of the ring.
+    #[cfg(not(loom))]
+    fn claimed_offset(&self, pos: u64, len: usize) -> usize {
+        let off = pos & self.shard.mask();
+        assert!(
+            pos >= self.pending
+                && pos + len as u64 <= self.writable_end()
+                && off + len as u64 <= self.shard.capacity
+                && (off as usize) + len <= self.shard.data.len,
+            "ring range {pos}+{len} is not claimed space"
+        );
+        off as usize
+    }
+
     /// Payload space of a reservation, for the caller to fill.
     #[cfg(not(loom))]
     pub(crate) fn payload_mut(&mut self, reserved: &Reserved) -> &mut [u8] {

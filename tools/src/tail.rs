@@ -283,10 +283,10 @@ mod tests {
 
     #[test]
     fn an_undecodable_record_is_shown_in_hex_with_its_error() {
-        let items = decode(records::KIND_PACKET_GROUP, 0, b"\x02\0\0\0\0\0\0\0", 16);
+        let items = decode(records::KIND_PACKET_GROUP, 0, b"\x03\0\0\0\0\0\0\0", 16);
         let text = items[0].text();
         assert!(
-            text.contains("kind 1  8 B  0200000000000000  (undecodable: packet group version 2"),
+            text.contains("kind 1  8 B  0300000000000000  (undecodable: packet group version 3"),
             "{text}"
         );
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use engine::config::TcpServerConfig;
@@ -40,6 +41,7 @@ pub fn server_config(name: &str) -> TcpServerConfig {
 
 /// Starts an engine with one server stage and waits until it listens.
 pub fn start(bus: &BusDir, config: TcpServerConfig) -> (EngineHandle, SocketAddr) {
+    log();
     let name = config.name.clone();
     let engine = Engine::new(bus.clone()).tcp_server(config).start().unwrap();
     let addr = engine.wait_bound(&name, DEADLINE).expect("stage bound");
@@ -226,4 +228,55 @@ pub fn send_in_background(
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
+}
+
+/// Every log line of the test process. The subscriber is installed on
+/// first use (every engine started through [`start`] uses it): level
+/// `info`, or `RUST_LOG`, which also echoes the lines to stderr.
+pub fn log() -> &'static Log {
+    static LOG: OnceLock<Log> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Log::default();
+        let writer = log.clone();
+        let echo = std::env::var_os("RUST_LOG").is_some();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || Tee { log: writer.clone(), echo })
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+}
+
+/// Captured log lines.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    pub fn lines_containing(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// Writes log lines into a [`Log`], and to stderr if asked.
+struct Tee {
+    log: Log,
+    echo: bool,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.log.0.lock().unwrap().extend_from_slice(buf);
+        if self.echo {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,6 +1,9 @@
 //! Every `unsafe` block and every atomic of the engine: a few system calls
-//! libc offers only as `unsafe fn`, and the one counter shared between
-//! executor threads.
+//! libc offers only as `unsafe fn`, the one counter shared between
+//! executor threads, and ([`uring`]) the raw io_uring of the receive path
+//! with its provided buffer ring.
+
+pub(crate) mod uring;
 
 use std::io;
 
@@ -22,6 +25,14 @@ pub(crate) fn set_fifo_priority(priority: u8) -> io::Result<()> {
     // pid 0 means the calling thread. No memory is retained by the kernel.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Takes ownership of a socket fd that io_uring's accept just created.
+pub(crate) fn adopt_socket(fd: i32) -> socket2::Socket {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is the result of a completed accept: a new open socket
+    // that nothing else refers to, so the `Socket` may own and close it.
+    unsafe { socket2::Socket::from_raw_fd(fd) }
 }
 
 /// How many connections a stage has open, across its executors. The

@@ -1,0 +1,364 @@
+//! The raw io_uring of an executor's receive path, beside glommio's own
+//! ring, and its provided buffer ring.
+//!
+//! Two things here need `unsafe`: submitting entries (the kernel must not
+//! be handed memory that goes away) and the provided buffer ring (memory
+//! the kernel reads buffer addresses from, and the buffers it then writes
+//! into). The entries this module builds carry no pointer at all: a
+//! multishot recv takes its memory from the buffer ring, a multishot accept
+//! writes no address, a cancel names a `user_data`. So submitting is safe
+//! to call; the buffers are the caller's promise, made in
+//! [`ReceiveRing::provide`].
+
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
+
+/// The buffer group id of the provided buffer ring (one per ring).
+const BUFFER_GROUP: u16 = 0;
+
+/// What the kernel reported for one submitted operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Completion {
+    pub(crate) user_data: u64,
+    /// The syscall-style result: bytes or a new fd, or `-errno`.
+    pub(crate) result: i32,
+    /// The provided buffer the kernel filled, if any.
+    pub(crate) buffer: Option<u16>,
+    /// Whether the (multishot) operation stays armed.
+    pub(crate) more: bool,
+}
+
+/// An io_uring with one provided buffer ring of `entries` buffers, which
+/// the caller fills with [`ReceiveRing::provide`].
+pub(crate) struct ReceiveRing {
+    /// The entries of the provided buffer ring: page-aligned anonymous
+    /// memory, registered with the kernel as buffer group [`BUFFER_GROUP`].
+    buffers: NonNull<BufRingEntry>,
+    buffers_len: usize,
+    entries: u16,
+    /// Our copy of the buffer ring's tail: entries below it are published.
+    tail: u16,
+    /// Entries written since the last [`ReceiveRing::publish_buffers`].
+    unpublished: u16,
+    ring: IoUring,
+}
+
+impl std::fmt::Debug for ReceiveRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiveRing").field("entries", &self.entries).field("tail", &self.tail).finish()
+    }
+}
+
+impl ReceiveRing {
+    /// Sets up a ring and registers a buffer ring of `entries` (a power of
+    /// two, at most 32768). Fails where the kernel lacks what the receive
+    /// path needs (multishot recv: Linux 6.0).
+    pub(crate) fn new(entries: u16) -> io::Result<Self> {
+        check_kernel()?;
+        assert!(entries.is_power_of_two() && entries <= 1 << 15);
+        // COOP_TASKRUN: completions are posted when this thread enters the
+        // kernel anyway (glommio does so constantly), without an IPI to
+        // interrupt it; a parked executor is still woken. SINGLE_ISSUER:
+        // only the executor thread submits.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_cqsize(u32::from(entries).max(256) * 4)
+            .build(256)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (name, code) in [
+            ("recv", opcode::RecvMulti::CODE),
+            ("accept", opcode::AcceptMulti::CODE),
+            ("async cancel", opcode::AsyncCancel::CODE),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks {name}")));
+            }
+        }
+        let buffers_len = (usize::from(entries) * size_of::<BufRingEntry>()).next_multiple_of(page_size());
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing touches no existing memory; the result is checked.
+        let memory = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                buffers_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if memory == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let buffers = NonNull::new(memory.cast::<BufRingEntry>()).expect("mmap does not return null");
+        let this = Self { buffers, buffers_len, entries, tail: 0, unpublished: 0, ring };
+        // SAFETY: `buffers` is page-aligned (mmap), zeroed, `buffers_len`
+        // bytes long, enough for `entries` entries; it stays mapped until
+        // `Drop`, which unregisters the group before unmapping it.
+        unsafe {
+            this.ring.submitter().register_buf_ring_with_flags(
+                this.buffers.as_ptr() as u64,
+                entries,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        Ok(this)
+    }
+
+    /// The ring's fd, for glommio to await its readiness (completions).
+    pub(crate) fn fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
+    }
+
+    /// Hands the kernel the buffer `bid`: `len` bytes at `addr`. Visible to
+    /// the kernel after [`ReceiveRing::publish_buffers`].
+    ///
+    /// # Safety
+    ///
+    /// - `addr..addr + len` is valid for writes and stays so until the
+    ///   kernel reports the buffer used (a [`Completion`] with `buffer ==
+    ///   Some(bid)`) or this ring is dropped;
+    /// - until then nothing else reads or writes those bytes: they are the
+    ///   kernel's;
+    /// - at most `entries` buffers are in the kernel's hands at once.
+    pub(crate) unsafe fn provide(&mut self, addr: *mut u8, len: u32, bid: u16) {
+        let index = usize::from(self.tail.wrapping_add(self.unpublished) & (self.entries - 1));
+        // SAFETY: `index < entries`, inside the mapping. The kernel reads
+        // only entries below the published tail; this one is at or above it
+        // and, by the caller's promise of at most `entries` outstanding
+        // buffers, no longer read (its previous buffer was consumed). The
+        // setters write `addr`, `len` and `bid`, never the tail field that
+        // overlays entry 0's reserved bytes.
+        let entry = unsafe { &mut *self.buffers.as_ptr().add(index) };
+        entry.set_addr(addr as u64);
+        entry.set_len(len);
+        entry.set_bid(bid);
+        self.unpublished += 1;
+    }
+
+    /// Publishes the buffers provided since the last call with one release
+    /// store of the buffer ring's tail.
+    pub(crate) fn publish_buffers(&mut self) {
+        if self.unpublished == 0 {
+            return;
+        }
+        self.tail = self.tail.wrapping_add(self.unpublished);
+        self.unpublished = 0;
+        // SAFETY: the tail is a u16 at a fixed offset of the page-aligned
+        // ring base (the crate computes it); it is only ever accessed
+        // atomically: by us here, by the kernel with an acquire load.
+        let tail = unsafe { &*(BufRingEntry::tail(self.buffers.as_ptr()) as *const AtomicU16) };
+        // Release: pairs with the kernel's smp_load_acquire of the tail in
+        // buffer selection, so the entries written above are seen whole.
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Queues a multishot recv on `fd` into the provided buffers.
+    pub(crate) fn recv_multishot(&mut self, fd: RawFd, user_data: u64) -> bool {
+        self.push(&opcode::RecvMulti::new(Fd(fd), BUFFER_GROUP).build().user_data(user_data))
+    }
+
+    /// Queues a multishot accept on the listening socket `fd`; accepted
+    /// sockets are non-blocking and close-on-exec.
+    pub(crate) fn accept_multishot(&mut self, fd: RawFd, user_data: u64) -> bool {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        self.push(&opcode::AcceptMulti::new(Fd(fd)).flags(flags).build().user_data(user_data))
+    }
+
+    /// Queues the cancellation of every operation tagged `target`; the
+    /// cancel's own completion carries `user_data`.
+    pub(crate) fn cancel(&mut self, target: u64, user_data: u64) -> bool {
+        let builder = CancelBuilder::user_data(target).all();
+        self.push(&opcode::AsyncCancel2::new(builder).build().user_data(user_data))
+    }
+
+    /// Queues `entry`, submitting the queue first when it is full. Returns
+    /// false if it could not be queued.
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
+        for _ in 0..2 {
+            // SAFETY: every entry built by this module refers to no memory
+            // of ours (see the module docs): only fds, which the kernel
+            // holds a reference to once submitted, and the provided buffer
+            // ring, valid until `Drop`.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return true;
+            }
+            if self.submit().is_err() {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Submits the queued entries; does not wait.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The completion queue is full: the caller reaps, then
+                // submits again.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes every posted completion, in order.
+    pub(crate) fn reap(&mut self, into: &mut Vec<Completion>) {
+        let mut queue = self.ring.completion();
+        queue.sync();
+        into.extend(queue.map(|cqe| Completion {
+            user_data: cqe.user_data(),
+            result: cqe.result(),
+            buffer: cqueue::buffer_select(cqe.flags()),
+            more: cqueue::more(cqe.flags()),
+        }));
+    }
+}
+
+impl Drop for ReceiveRing {
+    fn drop(&mut self) {
+        // The kernel stops selecting buffers from the group first, then its
+        // entries are unmapped; the ring itself closes last (field drop).
+        let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        // SAFETY: `buffers` was mapped with `buffers_len` bytes in `new` and
+        // is no longer registered with the kernel; nothing else refers to it.
+        unsafe { libc::munmap(self.buffers.as_ptr().cast(), self.buffers_len) };
+    }
+}
+
+/// Whether this kernel and process can run the io_uring receive path: sets
+/// up (and drops) a small ring with a buffer ring.
+///
+/// It runs on a thread of its own: closing a ring sends task work to the
+/// thread that created it, which would interrupt a blocking call with a
+/// timeout (`EINTR`) on the caller's thread.
+pub(crate) fn probe() -> io::Result<()> {
+    std::thread::spawn(|| ReceiveRing::new(4).map(drop))
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe panicked")))
+}
+
+/// The page size, for aligning the buffer ring.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(4096)
+}
+
+/// Multishot recv arrived in Linux 6.0; older kernels accept the entry
+/// but deliver one completion, so the version decides.
+fn check_kernel() -> io::Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut numbers = release.trim().split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version >= (6, 0) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("Linux {}.{} lacks multishot recv (6.0)", version.0, version.1),
+        ))
+    }
+}
+
+/// A shard of the packet channel cut into receive slots, some of which are
+/// the kernel's buffers. It owns both the shard's writer and the ring, so
+/// that the kernel lets go of the buffers before the mapping goes away, and
+/// it lets its user write only the header room of a slot (the first
+/// `data_at` bytes), never a kernel buffer.
+#[derive(Debug)]
+pub(crate) struct ShardSlots {
+    // Dropped first: see `ReceiveRing`'s `Drop`.
+    ring: ReceiveRing,
+    writer: shm_bus::ShardWriter,
+    slot: u64,
+    data_at: u64,
+}
+
+impl ShardSlots {
+    /// Slots of `slot` bytes (a power of two dividing the ring) whose bytes
+    /// from `data_at` on are the kernel's buffers once provided.
+    pub(crate) fn new(ring: ReceiveRing, writer: shm_bus::ShardWriter, slot: u64, data_at: u64) -> Self {
+        assert!(slot.is_power_of_two() && data_at < slot && writer.ring_capacity() as u64 % slot == 0);
+        Self { ring, writer, slot, data_at }
+    }
+
+    /// Gives the writer back, after the ring is gone.
+    pub(crate) fn into_writer(self) -> shm_bus::ShardWriter {
+        let Self { ring, writer, .. } = self;
+        drop(ring);
+        writer
+    }
+
+    pub(crate) fn ring(&mut self) -> &mut ReceiveRing {
+        &mut self.ring
+    }
+
+    /// The writer, for what touches no slot's bytes.
+    pub(crate) fn writer(&self) -> &shm_bus::ShardWriter {
+        &self.writer
+    }
+
+    /// Claims ring space up to position `end` (see
+    /// [`shm_bus::ShardWriter::claim_to`]).
+    pub(crate) fn claim_to(&mut self, end: u64) -> Result<(), shm_bus::ReserveError> {
+        self.writer.claim_to(end)
+    }
+
+    /// Hands the data part of slot `n` (counted from the start of the
+    /// stream) to the kernel as buffer `bid`.
+    ///
+    /// # Panics
+    /// If the slot is not claimed space.
+    pub(crate) fn provide(&mut self, n: u64, bid: u16) {
+        let len = self.slot - self.data_at;
+        let addr = self.writer.claimed_ptr(n * self.slot + self.data_at, len as usize);
+        // SAFETY:
+        // - `addr..addr + len` is claimed space of the shard (checked by
+        //   `claimed_ptr`), in a mapping that `self.writer` keeps alive
+        //   longer than the ring (field order; `into_writer` drops the
+        //   ring first);
+        // - nothing else touches those bytes: the writer's other users go
+        //   through `header_mut`, which reaches only the first `data_at`
+        //   bytes of a slot, and shm-bus writes only record headers at
+        //   record starts (slot starts) and moves its tail over old records
+        //   outside the claim;
+        // - at most `entries` are outstanding: the caller provides a slot
+        //   again only after its completion, within a window of `entries`
+        //   slots (a `debug_assert` in `UringReceiver` checks it).
+        unsafe { self.ring.provide(addr, len as u32, bid) };
+    }
+
+    /// The bytes `offset..offset + len` of slot `n`'s header room.
+    ///
+    /// # Panics
+    /// If the range leaves the header room or the claimed space.
+    pub(crate) fn header_mut(&mut self, n: u64, offset: u64, len: usize) -> &mut [u8] {
+        assert!(offset + len as u64 <= self.data_at, "only a slot's header room may be written");
+        self.writer.claimed_mut(n * self.slot + offset, len)
+    }
+
+    /// Commits the record at the next record position (its slots filled).
+    pub(crate) fn commit_claimed(&mut self, len: usize, kind: u16, timestamp_ns: u64) -> u64 {
+        self.writer.commit_claimed(len, kind, timestamp_ns)
+    }
+
+    pub(crate) fn commit_claimed_padding(&mut self, len: usize) {
+        self.writer.commit_claimed_padding(len);
+    }
+
+    pub(crate) fn publish(&mut self) {
+        self.writer.publish();
+    }
+}

@@ -1,0 +1,482 @@
+//! The cases of `tests/tcp_server.rs`, run once per receive path
+//! ([`RECEIVE_PATH`]).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::RECEIVE_PATH;
+use crate::common::*;
+use engine::config::{ReceivePathChoice, TcpServerConfig};
+use engine::records::{ConnectionEvent, DisconnectReason, ReceivePath};
+
+/// The test stage configuration, on this run's receive path.
+fn server_config(name: &str) -> TcpServerConfig {
+    TcpServerConfig { receive_path: RECEIVE_PATH, ..crate::common::server_config(name) }
+}
+
+#[test]
+fn one_client_every_byte_in_order() {
+    let t = bus();
+    let (engine, addr) = start(&t.bus, server_config("one"));
+    let mut collector = Collector::attach(&t.bus, "one");
+    let data = random_bytes(1, 8 << 20);
+    // More than the ring holds: the writer runs in its own thread, since
+    // it is pushed back until the collector reads.
+    let (local, writer) = send_in_background(addr, data.clone(), 1, 70_000);
+    collector.until("all bytes", |c| c.received_from(local).len() >= data.len());
+    assert_eq!(sha256(collector.received_from(local)), sha256(&data));
+    assert!(collector.received_from(local) == data.as_slice());
+    writer.join().unwrap();
+    engine.stop().unwrap();
+}
+
+#[test]
+fn sixty_four_clients_every_byte_per_connection() {
+    let t = bus();
+    let config = TcpServerConfig { thread_processor_affinity: vec![0, 1], ..server_config("many") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "many");
+    let clients: Vec<_> = (0..64u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = random_bytes(100 + i, 64 << 10 | (i as usize * 997));
+                let mut stream = TcpStream::connect(addr).unwrap();
+                let local = stream.local_addr().unwrap();
+                write_in_chunks(&mut stream, &data, i, 4096);
+                (local, data)
+            })
+        })
+        .collect();
+    let sent: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    collector
+        .until("every client's bytes", |c| sent.iter().all(|(a, d)| c.received_from(*a).len() >= d.len()));
+    for (local, data) in &sent {
+        assert_eq!(sha256(collector.received_from(*local)), sha256(data), "client {local}");
+    }
+    let ids: std::collections::HashSet<_> = collector.peers.keys().collect();
+    assert_eq!(ids.len(), 64, "one connection id per client");
+    engine.stop().unwrap();
+}
+
+#[test]
+fn groups_hold_at_most_group_size_packets_and_fill_under_load() {
+    let t = bus();
+    let config = TcpServerConfig {
+        group_size: 4,
+        group_timeout_us: 1_000_000,
+        ring_size_b: 1 << 20,
+        ..server_config("groups")
+    };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "groups");
+    let data = random_bytes(7, 4 << 20);
+    let (local, writer) = send_in_background(addr, data.clone(), 7, 1000);
+    // Let a backlog build up (the collector holds the ring full), so that
+    // reading resumes under continuous load: groups must then fill up.
+    eventually("the ring to fill", || {
+        engine.stats("groups").is_some_and(|s| s.stage.backpressure_stalls > 0)
+    });
+    collector.until("all bytes", |c| c.received_from(local).len() >= data.len());
+    assert!(collector.received_from(local) == data.as_slice());
+    assert!(collector.group_sizes.iter().all(|&n| (1..=4).contains(&n)), "{:?}", collector.group_sizes);
+    // Before the ring filled the reader kept up and lone packets went out
+    // at once (latency first); the backlog afterwards must go out in full
+    // groups.
+    let full = collector.group_sizes.iter().filter(|&&n| n == 4).count();
+    assert!(full >= 4, "no full groups under load: {:?}", collector.group_sizes);
+    writer.join().unwrap();
+    engine.stop().unwrap();
+}
+
+#[test]
+fn a_lone_packet_is_published_at_once_not_after_the_timeout() {
+    let t = bus();
+    // A long group timeout: only the idle flush can publish promptly.
+    let config = TcpServerConfig { group_size: 1000, group_timeout_us: 10_000_000, ..server_config("idle") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "idle");
+    let mut client = TcpStream::connect(addr).unwrap();
+    let local = client.local_addr().unwrap();
+    let sent = Instant::now();
+    client.write_all(b"hello").unwrap();
+    collector.until("the packet", |c| c.received_from(local) == b"hello");
+    let waited = sent.elapsed();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?} for a lone packet");
+    assert_eq!(collector.group_sizes, [1]);
+    engine.stop().unwrap();
+}
+
+#[test]
+fn group_timeout_bounds_the_wait_under_a_steady_trickle() {
+    let t = bus();
+    let config = TcpServerConfig { group_size: 65_536, group_timeout_us: 20_000, ..server_config("trickle") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "trickle");
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_nodelay(true).unwrap();
+    let local = client.local_addr().unwrap();
+    let mut sent = Vec::new();
+    for i in 0..200u32 {
+        let msg = i.to_le_bytes();
+        client.write_all(&msg).unwrap();
+        sent.extend_from_slice(&msg);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    collector.until("all bytes", |c| c.received_from(local).len() >= sent.len());
+    assert_eq!(collector.received_from(local), sent.as_slice());
+    // Every group was published within the timeout of its first packet
+    // (plus scheduling slack on a loaded 2-core machine).
+    let worst = collector.group_waits_ns.iter().max().copied().unwrap_or(0);
+    assert!(worst < 500_000_000, "a group waited {worst} ns");
+    engine.stop().unwrap();
+}
+
+#[test]
+fn connections_over_the_maximum_are_rejected_and_counted() {
+    let t = bus();
+    let config = TcpServerConfig { maximum_connections: 2, ..server_config("max") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut events = Events::attach(&t.bus, "max");
+    let a = TcpStream::connect(addr).unwrap();
+    let b = TcpStream::connect(addr).unwrap();
+    events.until("two connections", |e| e.len() >= 2);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)), "the third connection is closed at once");
+    events.until("the rejection", |e| {
+        e.iter()
+            .any(|ev| matches!(ev, ConnectionEvent::Disconnected { reason: DisconnectReason::Rejected, .. }))
+    });
+    eventually("the rejection to be counted", || {
+        engine.stats("max").is_some_and(|s| s.stage.rejected_connections == 1)
+    });
+    assert_eq!(engine.stats("max").unwrap().stage.open_connections, 2);
+    drop((a, b));
+    engine.stop().unwrap();
+}
+
+#[test]
+fn silent_client_is_disconnected_after_the_receive_timeout() {
+    let t = bus();
+    let config = TcpServerConfig { data_receive_timeout_ms: 200, ..server_config("silent") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut events = Events::attach(&t.bus, "silent");
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(client.read(&mut buf).unwrap(), 0, "server closes the silent connection");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    events.until("the timeout event", |e| {
+        e.iter().any(|ev| {
+            matches!(ev, ConnectionEvent::Disconnected { reason: DisconnectReason::ReceiveTimeout, .. })
+        })
+    });
+    engine.stop().unwrap();
+}
+
+#[test]
+fn events_describe_each_connection() {
+    let t = bus();
+    let (engine, addr) = start(&t.bus, server_config("events"));
+    let mut events = Events::attach(&t.bus, "events");
+    let mut client = TcpStream::connect(addr).unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(&[7u8; 1000]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    events.until("connect and disconnect", |e| e.len() >= 2);
+    match &events.seen[0] {
+        ConnectionEvent::Connected { peer, local: server, .. } => {
+            assert_eq!(std::net::SocketAddr::from(*peer), local);
+            assert_eq!(std::net::SocketAddr::from(*server), addr);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &events.seen[1] {
+        ConnectionEvent::Disconnected { reason, bytes_in, .. } => {
+            assert_eq!(*reason, DisconnectReason::PeerClosed);
+            assert_eq!(*bytes_in, 1000);
+        }
+        other => panic!("{other:?}"),
+    }
+    engine.stop().unwrap();
+}
+
+#[test]
+fn bind_is_retried_until_the_port_is_free() {
+    let t = bus();
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = squatter.local_addr().unwrap();
+    let config = TcpServerConfig { address: addr, ..server_config("bind") };
+    let engine = engine::Engine::new(t.bus.clone()).tcp_server(config).start().unwrap();
+    assert_eq!(engine.wait_bound("bind", Duration::from_millis(500)), None, "bound a busy port");
+    drop(squatter);
+    assert_eq!(engine.wait_bound("bind", DEADLINE), Some(addr));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.write_all(b"x").unwrap();
+    engine.stop().unwrap();
+}
+
+#[test]
+fn stop_closes_connections_and_ends_the_channels() {
+    let t = bus();
+    let (engine, addr) = start(&t.bus, server_config("stop"));
+    let mut collector = Collector::attach(&t.bus, "stop");
+    let mut events = Events::attach(&t.bus, "stop");
+    let mut client = TcpStream::connect(addr).unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(b"before stop").unwrap();
+    collector.until("the data", |c| c.received_from(local) == b"before stop");
+    engine.stop().unwrap();
+    events.until("the shutdown event", |e| {
+        e.iter()
+            .any(|ev| matches!(ev, ConnectionEvent::Disconnected { reason: DisconnectReason::Shutdown, .. }))
+    });
+    collector.until("end of stream", |c| c.ended);
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)), "connection closed by the stop");
+}
+
+/// Publishes egress records the way any process would: it owns
+/// `<stage>/egress_packets` and waits until the engine reads it.
+struct EgressSender {
+    writer: shm_bus::ShardWriter,
+    _producer: shm_bus::Producer,
+}
+
+impl EgressSender {
+    fn new(bus: &shm_bus::BusDir, stage: &str) -> Self {
+        let name = format!("{stage}/egress_packets");
+        let producer = shm_bus::Producer::create(bus, &name, shm_bus::ChannelOptions::default()).unwrap();
+        let writer = producer.shard(0).unwrap();
+        wait_for_egress_reader(bus, &name);
+        Self { writer, _producer: producer }
+    }
+
+    fn send(&mut self, target: Option<u64>, bytes: &[u8]) {
+        let record = engine::records::encode_egress(&engine::records::EgressHeader { target }, bytes);
+        let mut r = self.writer.reserve_timeout(record.len(), DEADLINE).unwrap();
+        r.buf().copy_from_slice(&record);
+        r.commit(record.len(), engine::records::KIND_EGRESS);
+        self.writer.publish();
+    }
+}
+
+fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn connection_id_of(events: &Events, peer: std::net::SocketAddr) -> u64 {
+    events
+        .seen
+        .iter()
+        .find_map(|e| match e {
+            ConnectionEvent::Connected { connection_id, peer: p, .. }
+                if std::net::SocketAddr::from(*p) == peer =>
+            {
+                Some(*connection_id)
+            }
+            _ => None,
+        })
+        .expect("a connected event for the peer")
+}
+
+#[test]
+fn egress_reaches_every_client_or_the_one_named() {
+    let t = bus();
+    let (engine, addr) = start(&t.bus, server_config("egress"));
+    let mut events = Events::attach(&t.bus, "egress");
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    events.until("three connections", |e| e.len() >= 3);
+    let mut egress = EgressSender::new(&t.bus, "egress");
+
+    egress.send(None, b"to everyone");
+    for c in &mut clients {
+        assert_eq!(read_exactly(c, 11), b"to everyone");
+    }
+    let second = connection_id_of(&events, clients[1].local_addr().unwrap());
+    egress.send(Some(second), b"only you");
+    egress.send(None, b"all again");
+    assert_eq!(read_exactly(&mut clients[1], 8 + 9), b"only youall again");
+    assert_eq!(read_exactly(&mut clients[0], 9), b"all again", "targeted bytes went to another client");
+    assert_eq!(read_exactly(&mut clients[2], 9), b"all again", "targeted bytes went to another client");
+    engine.stop().unwrap();
+}
+
+#[test]
+fn a_slow_client_loses_egress_without_stalling_the_others() {
+    let t = bus();
+    let config = TcpServerConfig {
+        egress_buffer_size_b: 64 << 10,
+        kernel_transmit_buffer_size_b: 4096,
+        ..server_config("slow")
+    };
+    let (engine, addr) = start(&t.bus, config);
+    let mut events = Events::attach(&t.bus, "slow");
+    // The slow client never reads, and has a small receive buffer so that
+    // the server's queue for it fills quickly.
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow.set_recv_buffer_size(4096).unwrap();
+    slow.connect(&addr.into()).unwrap();
+    let slow: TcpStream = slow.into();
+    let mut fast = TcpStream::connect(addr).unwrap();
+    events.until("two connections", |e| e.len() >= 2);
+    let slow_id = connection_id_of(&events, slow.local_addr().unwrap());
+    let mut egress = EgressSender::new(&t.bus, "slow");
+
+    // 400 records of 16 KiB, far more than the slow client's buffers hold.
+    // The fast client reads each before the next is sent, so its own queue
+    // never overflows: everything it misses would be the slow one's fault.
+    for i in 0..400u64 {
+        let record = random_bytes(1000 + i, 16 << 10);
+        egress.send(None, &record);
+        assert!(read_exactly(&mut fast, record.len()) == record, "record {i} to the fast client");
+    }
+    eventually("the slow client's drops to be counted", || {
+        engine.stats("slow").is_some_and(|stats| {
+            let drops = stats
+                .connections
+                .iter()
+                .find(|c| c.connection_id == slow_id)
+                .map_or(0, |c| c.traffic.egress_drops);
+            drops > 0 && stats.stage.traffic.egress_drops >= drops
+        })
+    });
+    drop(slow);
+    engine.stop().unwrap();
+}
+
+#[test]
+fn a_paused_lossless_reader_pushes_back_on_senders_and_loses_nothing() {
+    let t = bus();
+    let config = TcpServerConfig {
+        ring_size_b: 1 << 20,
+        kernel_receive_buffer_size_b: 64 << 10,
+        ..server_config("pause")
+    };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "pause");
+    let data = random_bytes(42, 16 << 20);
+    let (local, writer) = send_in_background(addr, data.clone(), 42, 32 << 10);
+    // The collector reads nothing: the ring fills, the stage stops reading,
+    // and TCP flow control stops the sender well short of its 16 MiB.
+    eventually("a backpressure stall", || {
+        engine.stats("pause").is_some_and(|s| s.stage.backpressure_stalls > 0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!writer.is_finished(), "the sender was not pushed back");
+    collector.until("every byte after resuming", |c| c.received_from(local).len() >= data.len());
+    assert!(collector.received_from(local) == data.as_slice(), "bytes lost or reordered under backpressure");
+    writer.join().unwrap();
+    engine.stop().unwrap();
+}
+
+#[test]
+fn connections_are_spread_over_the_executors() {
+    let t = bus();
+    let config = TcpServerConfig { thread_processor_affinity: vec![0, 1], ..server_config("spread") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "spread");
+    let clients: Vec<_> =
+        (0..4u64).map(|i| send_in_background(addr, random_bytes(i, 100_000), i, 1000)).collect();
+    collector.until("all bytes", |c| clients.iter().all(|(a, _)| c.received_from(*a).len() >= 100_000));
+    let info = shm_bus::channel_info(&t.bus, "spread/packet_group").unwrap();
+    assert_eq!(info.shards.len(), 2);
+    assert!(
+        info.shards.iter().all(|s| s.records_written > 0),
+        "an executor got no connection: {:?}",
+        info.shards
+    );
+    for (_, w) in clients {
+        w.join().unwrap();
+    }
+    engine.stop().unwrap();
+}
+
+#[test]
+fn socket_stats_are_published_every_second() {
+    let t = bus();
+    let (engine, addr) = start(&t.bus, server_config("stats"));
+    let mut stats_reader = shm_bus::Reader::attach(
+        &t.bus,
+        "stats/socket_stats",
+        shm_bus::ReaderOptions::lossy().start(shm_bus::StartAt::Oldest),
+    )
+    .unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.write_all(&[1u8; 5000]).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = None;
+    while last.as_ref().is_none_or(|s: &engine::records::SocketStats| s.stage.traffic.bytes_received < 5000) {
+        assert!(Instant::now() < deadline, "no stats with the traffic: {last:?}");
+        if let Some(shm_bus::Event::Record(s)) =
+            stats_reader.recv_timeout(Duration::from_millis(200)).unwrap()
+        {
+            assert_eq!(s.kind(), engine::records::KIND_SOCKET_STATS);
+            last = Some(engine::records::decode(s.payload()).unwrap());
+        }
+    }
+    let stats = last.unwrap();
+    assert_eq!(stats.stage.open_connections, 1);
+    assert_eq!(stats.connections.len(), 1);
+    assert_eq!(stats.connections[0].traffic.bytes_received, 5000);
+    assert_eq!(std::net::SocketAddr::from(stats.connections[0].peer), client.local_addr().unwrap());
+    assert!(stats.stage.groups_published >= 1);
+    assert!(stats.interval_ns > 0);
+    let path = match RECEIVE_PATH {
+        ReceivePathChoice::GlommioRead => ReceivePath::GlommioRead,
+        _ => ReceivePath::IoUringMultishot,
+    };
+    assert_eq!(stats.receive_path, path, "the stats name the path that runs");
+    engine.stop().unwrap();
+}
+
+/// (scheduling policy, real-time priority) of this process's threads whose
+/// name starts with `prefix` (`/proc/self/task/*/stat` fields 41 and 40).
+fn thread_policies(prefix: &str) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        found.push((fields[38].parse().unwrap(), fields[37].parse().unwrap()));
+    }
+    found
+}
+
+#[test]
+fn thread_priority_runs_executors_under_sched_fifo_when_allowed() {
+    const SCHED_FIFO: u32 = 1;
+    let t = bus();
+    let config = TcpServerConfig { thread_priority: 7, ..server_config("rtprio") };
+    let (engine, addr) = start(&t.bus, config);
+    // The executor runs code once it serves a connection: make sure it has.
+    let mut collector = Collector::attach(&t.bus, "rtprio");
+    let mut client = TcpStream::connect(addr).unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(b"rt").unwrap();
+    collector.until("the data", |c| c.received_from(local) == b"rt");
+    // glommio names the executor thread and its helper thread for blocking
+    // work alike; only the executor itself gets the real-time policy.
+    let policies = thread_policies("rtprio-0");
+    let fifo = policies.iter().filter(|&&(policy, _)| policy == SCHED_FIFO).count();
+    let allowed =
+        std::process::Command::new("chrt").args(["-f", "1", "true"]).status().is_ok_and(|s| s.success());
+    if allowed {
+        assert_eq!(fifo, 1, "{policies:?}");
+        assert!(policies.contains(&(SCHED_FIFO, 7)), "{policies:?}");
+    } else {
+        // Refused (no CAP_SYS_NICE): a warning, and normal priority.
+        assert_eq!(fifo, 0, "{policies:?}");
+    }
+    engine.stop().unwrap();
+}
