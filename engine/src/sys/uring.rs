@@ -63,8 +63,12 @@ impl ReceiveRing {
         assert!(entries.is_power_of_two() && entries <= 1 << 15);
         // COOP_TASKRUN: completions are posted when this thread enters the
         // kernel anyway (glommio does so constantly), without an IPI to
-        // interrupt it; a parked executor is still woken. SINGLE_ISSUER:
-        // only the executor thread submits.
+        // interrupt it; a parked executor is still woken, runs the work and
+        // glommio sees the ring's fd readable. DEFER_TASKRUN was measured
+        // and does not fit: its work runs only in an enter with GETEVENTS
+        // on this ring, which a parked glommio executor never makes (the
+        // demo received nothing in 3 s); it would need polling. SQPOLL
+        // burns a core. SINGLE_ISSUER: only the executor thread submits.
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_single_issuer()
