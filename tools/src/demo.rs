@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use engine::config::TcpServerConfig;
+use engine::records::ReceivePath;
 use engine::{Engine, EngineHandle};
 use mcap::Message;
 use sha2::{Digest, Sha256};
@@ -89,6 +90,11 @@ pub fn run(args: DemoArgs, _bus: &BusDir) -> anyhow::Result<()> {
     // The engine must read what is still in its sockets before it stops.
     let sent = report.total_bytes();
     wait_until(SETTLE, || logger.totals().bytes >= sent);
+    let path = match engine.stats(&stage).map(|s| s.receive_path) {
+        Some(ReceivePath::IoUringMultishot) => "io_uring multishot recv",
+        Some(ReceivePath::GlommioRead) => "glommio read",
+        None => "unknown receive path (no statistics yet)",
+    };
     engine.stop().context("stopping the engine")?;
     // The stop ends the channels: the logger reads the last records.
     wait_until(SETTLE, || logger.is_finished());
@@ -102,7 +108,7 @@ pub fn run(args: DemoArgs, _bus: &BusDir) -> anyhow::Result<()> {
         human::bytes(report.bytes_per_s()),
     );
     println!(
-        "engine: {} packets in {} groups ({:.1} packets per group)",
+        "engine: {} packets in {} groups ({:.1} packets per group), {path}",
         totals.packets,
         totals.groups,
         totals.packets as f64 / totals.groups.max(1) as f64
