@@ -37,7 +37,7 @@
 //! for the ring's fd, or retries the claim on a backing-off timer.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -86,8 +86,6 @@ struct Connection {
     last_packet: Instant,
     /// Whether a multishot recv is in flight for it.
     armed: bool,
-    /// Waiting for buffers after `ENOBUFS`.
-    starved: bool,
     /// Its task is gone: forget it once its recv has ended.
     detached: bool,
 }
@@ -134,6 +132,8 @@ struct State {
     /// Close every group at the end of each pass (`group_timeout_us` = 0).
     flush_each_pass: bool,
     connections: HashMap<u64, Connection>,
+    /// Connections whose recv ended with `ENOBUFS`, in order.
+    starved: VecDeque<u64>,
     /// The listening socket of the multishot accept and where accepted
     /// sockets go.
     accepting: Option<(RawFd, LocalSender<io::Result<Socket>>)>,
@@ -187,6 +187,7 @@ impl UringReceiver {
             max_packets: group_size.min((entries / 2) as u32).max(1),
             flush_each_pass: group_timeout_us == 0,
             connections: HashMap::new(),
+            starved: VecDeque::new(),
             accepting: None,
             counters: PublishCounters::default(),
             stalled: false,
@@ -241,7 +242,6 @@ impl UringReceiver {
             ended,
             last_packet: Instant::now(),
             armed: false,
-            starved: false,
             detached: false,
         };
         state.connections.insert(id, conn);
@@ -352,7 +352,9 @@ impl State {
             return;
         }
         conn.armed = self.shard.ring().recv_multishot(conn.fd, id);
-        conn.starved = !conn.armed;
+        if !conn.armed {
+            self.starved.push_back(id);
+        }
     }
 
     /// Handles one completion; returns whether it delivered a packet.
@@ -425,8 +427,8 @@ impl State {
             0 => DisconnectReason::PeerClosed,
             r if r == -libc::ENOBUFS => {
                 // No buffer: a gated reader holds the ring. Backpressure.
-                conn.starved = true;
                 conn.counters.borrow_mut().stalls += 1;
+                self.starved.push_back(id);
                 return;
             }
             r if r == -libc::EINTR || r == -libc::EAGAIN => return self.arm(id),
@@ -435,16 +437,19 @@ impl State {
         let _ = conn.ended.try_send(reason);
     }
 
-    /// Re-arms the connections that ran out of buffers, if the kernel has
-    /// some again.
+    /// Re-arms the connections that ran out of buffers, first come first
+    /// served, one per buffer the kernel has (as far as we know): with
+    /// thousands of connections starved, re-arming them all for a few
+    /// buffers would only earn thousands of `ENOBUFS` back.
     fn rearm_starved(&mut self) {
-        if self.next_to_provide <= self.consumed_end {
-            return;
-        }
-        let starved: Vec<u64> =
-            self.connections.iter().filter(|(_, c)| c.starved && !c.armed).map(|(&id, _)| id).collect();
-        for id in starved {
-            self.arm(id);
+        let mut free = self.next_to_provide.saturating_sub(self.consumed_end);
+        while free > 0 {
+            let Some(id) = self.starved.pop_front() else { break };
+            // Gone meanwhile, or detached: nothing to re-arm.
+            if self.connections.get(&id).is_some_and(|c| !c.armed && !c.detached) {
+                self.arm(id);
+                free -= 1;
+            }
         }
     }
 
