@@ -92,13 +92,21 @@ fn ping_pong(args: &Args) -> Result<PingPongRun, Box<dyn Error>> {
     let mut out = message::filler(1, size);
     let mut back = vec![0; size];
     let period = 1e9 / rate;
-    let count = (rate * args.seconds) as u64;
     let warmup = (rate * args.warmup_seconds) as u64;
     let start = monotonic_ns();
-    let mut samples = Vec::with_capacity(count as usize);
-    for seq in 0..count {
+    let deadline = start + (args.seconds * 1e9) as u64;
+    let mut samples = Vec::new();
+    // Paced; when a round trip takes longer than the period, back to back
+    // until the deadline.
+    for seq in 0.. {
         let due = start + (seq as f64 * period) as u64;
+        if due >= deadline {
+            break;
+        }
         let now = monotonic_ns();
+        if now >= deadline {
+            break;
+        }
         if due > now {
             std::thread::sleep(Duration::from_nanos(due - now));
         }
