@@ -87,8 +87,16 @@ out() {
     step=$((step + 1))
     printf '%s/rep%d/%03d-%s.json' "$results" "$rep" "$step" "$1"
 }
+# A run that fails (a receiver that crashed, a timeout) is noted in
+# failures.txt, which the report lists, and the matrix goes on.
+attempt() {
+    if ! "$@"; then
+        echo "rep$rep: $*" >>"$results/failures.txt"
+        echo "FAILED: $*" >&2
+    fi
+}
 ingest() {
-    "$bin/bench-ingest" run --engine-cores "$engine_cores" "${stage_args[@]}" "${load_args[@]}" "$@"
+    attempt "$bin/bench-ingest" run --engine-cores "$engine_cores" "${stage_args[@]}" "${load_args[@]}" "$@"
 }
 # The peers in an order that turns by one each repetition, so no peer
 # always runs first (right after a build, a cooler machine).
@@ -127,13 +135,13 @@ for rep in $(seq 1 "$reps"); do
             ingest --peer "$peer" --purpose latency --latency --connections 1 --size 1024 --rate "$rate" \
                 --seconds "$lat_s" --out "$(out "latency-$rate-$peer")"
         done
-        "$bin/bench-ingest" ping-pong --rate "$rate" --size 1024 --seconds "$lat_s" \
+        attempt "$bin/bench-ingest" ping-pong --rate "$rate" --size 1024 --seconds "$lat_s" \
             --out "$(out "latency-$rate-pingpong")"
     done
     ingest --peer ringest --purpose scale --hash --connections "$scale_connections" --size 256 \
         --rate "$scale_rate" --seconds "$scale_s" --out "$(out "scale-$scale_connections-ringest")"
     if [ -z "$iperf3_note" ]; then
-        "$bin/bench-ingest" iperf3 --seconds "$run_s" --out "$(out iperf3)"
+        attempt "$bin/bench-ingest" iperf3 --seconds "$run_s" --out "$(out iperf3)"
     fi
 done
 echo "== micro-benchmarks" >&2
@@ -160,7 +168,8 @@ section=$results/section.md
     echo '```'
     echo "${build[*]}"
     echo "# each scenario (C connections x S bytes [at F messages/s]) and peer P in limit tokio ringest:"
-    echo "\$B/bench-ingest run --engine-cores $engine_cores ${stage_args[*]} ${load_args[*]} --peer P --purpose throughput --connections C --size S [--rate F] --seconds $run_s --out \$R/NNN-throughput-CxS-P.json"
+    common=$(printf ' %q' --engine-cores "$engine_cores" "${stage_args[@]}" "${load_args[@]}")
+    echo "\$B/bench-ingest run$common --peer P --purpose throughput --connections C --size S [--rate F] --seconds $run_s --out \$R/NNN-throughput-CxS-P.json"
     echo "# the scenarios of LOG_SCENARIOS again, P in ringest-log ringest-log-lz4:"
     echo "\$B/bench-ingest run ... --peer P --purpose logger --connections C --size S --seconds $run_s --out \$R/NNN-logger-CxS-P.json"
     echo "# each rate L in $latency_rates, P in ringest tokio, then the ping-pong:"

@@ -1,11 +1,11 @@
 //! `bench-ingest`: runs one measurement of the ingest benchmark and writes
 //! its JSON file (a `RunFile`) for `bench-ingest-report`.
 //!
-//! - `run`: starts a receiver (`limit`, `tokio`, or `ringest` = `ringest run`
-//!   + `bench-consumer`, optionally + the lossless `ringest log`), measures
-//!   its processes' CPU time from just before the load starts until every
-//!   byte sent has reached the consumer, their peak RSS, and checks that
-//!   what arrived is exactly what `bench-load` sent;
+//! - `run`: starts a receiver (`limit`, `tokio`, or `ringest`: `ringest run`
+//!   with `bench-consumer`, and optionally the lossless `ringest log`),
+//!   measures its processes' CPU time from just before the load starts
+//!   until every byte sent has reached the consumer, their peak RSS, and
+//!   checks that what arrived is exactly what `bench-load` sent;
 //! - `ping-pong`: the loopback TCP one-way latency (round trip / 2);
 //! - `iperf3`: iperf3 on loopback, a reference figure.
 //!
@@ -169,7 +169,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
     let (out, file) = match cli.command {
-        Cmd::Run(args) => (args.out.clone(), RunFile::Ingest(run(&args)?)),
+        Cmd::Run(args) => (args.out.clone(), RunFile::Ingest(Box::new(run(&args)?))),
         Cmd::PingPong(args) => (args.out.clone(), ping_pong(&args)?),
         Cmd::Iperf3(args) => (args.out.clone(), RunFile::Iperf3(iperf3(&args)?)),
     };
@@ -601,10 +601,10 @@ fn check_log(
 ) -> Result<LoggerOutcome> {
     let file_bytes = std::fs::metadata(path)?.len();
     let options = mcap::sans_io::LinearReaderOptions::default().with_record_length_limit(1 << 30);
-    let mut reader = mcap::io::MessageReader::new_with_options(BufReader::new(File::open(path)?), options);
+    let reader = mcap::io::MessageReader::new_with_options(BufReader::new(File::open(path)?), options);
     let mut per_peer: HashMap<String, (u64, Sha256)> = HashMap::new();
     let mut logged_bytes = 0;
-    while let Some(message) = reader.next() {
+    for message in reader {
         let message = message?;
         if message.channel.message_encoding != "application/octet-stream" {
             continue;

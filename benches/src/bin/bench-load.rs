@@ -92,8 +92,8 @@ fn ping_pong(args: &Args) -> Result<PingPongRun, Box<dyn Error>> {
     let mut out = message::filler(1, size);
     let mut back = vec![0; size];
     let period = 1e9 / rate;
-    let warmup = (rate * args.warmup_seconds) as u64;
     let start = monotonic_ns();
+    let warmup_end = start + (args.warmup_seconds * 1e9) as u64;
     let deadline = start + (args.seconds * 1e9) as u64;
     let mut samples = Vec::new();
     // Paced; when a round trip takes longer than the period, back to back
@@ -118,7 +118,7 @@ fn ping_pong(args: &Args) -> Result<PingPongRun, Box<dyn Error>> {
         if back != out {
             return Err("the echo differs from the message".into());
         }
-        if seq >= warmup {
+        if sent >= warmup_end {
             samples.push(round_trip / 2);
         }
     }

@@ -256,7 +256,7 @@ pub struct Iperf3Run {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum RunFile {
-    Ingest(IngestRun),
+    Ingest(Box<IngestRun>),
     PingPong(PingPongRun),
     Iperf3(Iperf3Run),
 }
