@@ -82,10 +82,12 @@ if ! command -v iperf3 >/dev/null 2>&1; then
 fi
 
 # Every run writes one JSON file, numbered in the order the runs were made.
+# (`out NAME` sets $path; not a command substitution, whose subshell
+# would forget the count.)
 step=0
 out() {
     step=$((step + 1))
-    printf '%s/rep%d/%03d-%s.json' "$results" "$rep" "$step" "$1"
+    path=$(printf '%s/rep%d/%03d-%s.json' "$results" "$rep" "$step" "$1")
 }
 # A run that fails (a receiver that crashed, a timeout) is noted in
 # failures.txt, which the report lists, and the matrix goes on.
@@ -120,28 +122,34 @@ for rep in $(seq 1 "$reps"); do
         fi
         name=${connections}x$size
         for peer in $(rotate "$rep" limit tokio ringest); do
+            out "throughput-$name-$peer"
             ingest --peer "$peer" --purpose throughput --connections "$connections" --size "$size" \
-                "${rate_args[@]}" --seconds "$run_s" --out "$(out "throughput-$name-$peer")"
+                "${rate_args[@]}" --seconds "$run_s" --out "$path"
         done
         if [[ " $log_scenarios " == *" $name "* ]]; then
             for peer in $(rotate "$rep" ringest-log ringest-log-lz4); do
+                out "logger-$name-$peer"
                 ingest --peer "$peer" --purpose logger --connections "$connections" --size "$size" \
-                    "${rate_args[@]}" --seconds "$run_s" --out "$(out "logger-$name-$peer")"
+                    "${rate_args[@]}" --seconds "$run_s" --out "$path"
             done
         fi
     done
     for rate in $latency_rates; do
         for peer in $(rotate "$rep" ringest tokio); do
+            out "latency-$rate-$peer"
             ingest --peer "$peer" --purpose latency --latency --connections 1 --size 1024 --rate "$rate" \
-                --seconds "$lat_s" --out "$(out "latency-$rate-$peer")"
+                --seconds "$lat_s" --out "$path"
         done
+        out "latency-$rate-pingpong"
         attempt "$bin/bench-ingest" ping-pong --rate "$rate" --size 1024 --seconds "$lat_s" \
-            --out "$(out "latency-$rate-pingpong")"
+            --out "$path"
     done
+    out "scale-$scale_connections-ringest"
     ingest --peer ringest --purpose scale --hash --connections "$scale_connections" --size 256 \
-        --rate "$scale_rate" --seconds "$scale_s" --out "$(out "scale-$scale_connections-ringest")"
+        --rate "$scale_rate" --seconds "$scale_s" --out "$path"
     if [ -z "$iperf3_note" ]; then
-        attempt "$bin/bench-ingest" iperf3 --seconds "$run_s" --out "$(out iperf3)"
+        out iperf3
+        attempt "$bin/bench-ingest" iperf3 --seconds "$run_s" --out "$path"
     fi
 done
 echo "== micro-benchmarks" >&2

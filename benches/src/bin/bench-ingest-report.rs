@@ -101,18 +101,22 @@ fn main() -> Result<()> {
 }
 
 fn read_runs(dir: &Path) -> Result<Runs> {
-    let mut runs = Runs::default();
-    let mut reps = BTreeSet::new();
+    let mut reps = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(rep) = path.file_name().and_then(|n| n.to_str()?.strip_prefix("rep")?.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        reps.insert(rep);
+        if let Some(rep) = path.file_name().and_then(|n| n.to_str()?.strip_prefix("rep")?.parse::<u32>().ok())
+        {
+            reps.insert(rep, path);
+        }
+    }
+    if reps.is_empty() {
+        return Err(format!("no repN directories in {}", dir.display()).into());
+    }
+    let mut runs = Runs { reps: reps.len(), ..Runs::default() };
+    for (&rep, path) in &reps {
         let mut files: Vec<PathBuf> =
-            std::fs::read_dir(&path)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
-        // Files are named by the order they ran in (NN-...): keep it.
+            std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
+        // Files are named by the order they ran in (NNN-...): keep it.
         files.sort();
         for file in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "json")) {
             let text = std::fs::read_to_string(&file)?;
@@ -123,10 +127,6 @@ fn read_runs(dir: &Path) -> Result<Runs> {
             }
         }
     }
-    if reps.is_empty() {
-        return Err(format!("no repN directories in {}", dir.display()).into());
-    }
-    runs.reps = reps.len();
     Ok(runs)
 }
 
