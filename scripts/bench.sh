@@ -176,7 +176,10 @@ section=$results/section.md
     echo '```'
     echo "${build[*]}"
     echo "# each scenario (C connections x S bytes [at F messages/s]) and peer P in limit tokio ringest:"
-    common=$(printf ' %q' --engine-cores "$engine_cores" "${stage_args[@]}" "${load_args[@]}")
+    common=" --engine-cores $engine_cores"
+    for arg in "${stage_args[@]}" "${load_args[@]}"; do
+        case $arg in --*) common+=" $arg" ;; *) common+=" '$arg'" ;; esac
+    done
     echo "\$B/bench-ingest run$common --peer P --purpose throughput --connections C --size S [--rate F] --seconds $run_s --out \$R/NNN-throughput-CxS-P.json"
     echo "# the scenarios of LOG_SCENARIOS again, P in ringest-log ringest-log-lz4:"
     echo "\$B/bench-ingest run ... --peer P --purpose logger --connections C --size S --seconds $run_s --out \$R/NNN-logger-CxS-P.json"
