@@ -494,6 +494,14 @@ fn start_receiver(args: &RunArgs, scratch: &Path, warmup: u64) -> Result<Receive
                 command.args(consumer_args.iter().filter(|a| *a == "--hash"));
             } else {
                 command.args(&consumer_args);
+                // The engine's group size, when a stage key changes it.
+                let group_size = args.stage_keys.iter().find_map(|k| {
+                    let (key, value) = k.split_once('=')?;
+                    (key.trim() == "group_size").then(|| value.trim().to_owned())
+                });
+                if let Some(group_size) = group_size {
+                    command.args(["--group-size", &group_size]);
+                }
             }
             let mut counter = Child::spawn(name, command, true)?;
             let addr = counter.hello()?.listening.ok_or("no listening address")?;
