@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks shm-bus against iceoryx2 (throughput, one-way latency, fan-out)
-# and appends a dated results section to docs/BENCHMARKS.md.
+# and inserts a dated results section into docs/BENCHMARKS.md (part
+# "shm-bus", above its results-end marker).
 #
 #   scripts/bench-shm.sh            # 3 repetitions
 #   REPS=5 scripts/bench-shm.sh
@@ -39,9 +40,10 @@ commit=$(git rev-parse --short HEAD)
 if [ -n "$(git status --porcelain)" ]; then
     commit="$commit (with uncommitted changes)"
 fi
+section=$results/section.md
 {
     echo
-    echo "### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "#### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
     echo "- Commit: $commit"
@@ -56,5 +58,12 @@ fi
     echo '```'
     echo
     "${report[@]}" -- "$results"
-} >>docs/BENCHMARKS.md
-echo "appended the results to docs/BENCHMARKS.md; raw results in $results" >&2
+} >"$section"
+marker='<!-- shm-bus results end: scripts/bench-shm.sh inserts runs above this line -->'
+grep -qF "$marker" docs/BENCHMARKS.md || { echo "docs/BENCHMARKS.md lacks the marker: $marker" >&2; exit 1; }
+awk -v marker="$marker" -v section="$section" '
+    $0 == marker { while ((getline line < section) > 0) print line; print ""; }
+    { print }
+' docs/BENCHMARKS.md >"$results/BENCHMARKS.md"
+cp "$results/BENCHMARKS.md" docs/BENCHMARKS.md
+echo "inserted the results into docs/BENCHMARKS.md; raw results in $results" >&2

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "peers")]
 pub mod iceoryx;
+pub mod ingest;
 #[cfg(feature = "peers")]
 pub mod one_way;
 pub mod results;

@@ -170,7 +170,7 @@ fn micros(ns: f64) -> String {
 
 fn throughput_tables(out: &mut String, runs: &ThroughputRuns) -> Result<(), Box<dyn Error>> {
     let get = |size: usize, name: &str| runs.get(&(size, name.to_owned())).map(Vec::as_slice);
-    writeln!(out, "#### Throughput (MB/s = 10^6 bytes/s; criterion's median time per record)\n")?;
+    writeln!(out, "##### Throughput (MB/s = 10^6 bytes/s; criterion's median time per record)\n")?;
     writeln!(
         out,
         "| Size | shm-bus MB/s | iceoryx2 MB/s | Median records/s, shm-bus / iceoryx2 \
@@ -243,7 +243,7 @@ fn latency_table(out: &mut String, runs: &[OneWayRun]) -> Result<(), Box<dyn Err
     let Some(first) = runs.first() else { return Ok(()) };
     writeln!(
         out,
-        "#### One-way latency, busy-polling reader (µs; {} records/s, {} samples per run)\n",
+        "##### One-way latency, busy-polling reader (µs; {} records/s, {} samples per run)\n",
         first.setup.rate_hz, first.setup.samples
     )?;
     writeln!(out, "| Size | Transport | p50 | p99 | p99.9 | max |")?;
@@ -297,7 +297,7 @@ fn fanout_table(out: &mut String, runs: &[OneWayRun]) -> Result<(), Box<dyn Erro
     let size = first.setup.size;
     writeln!(
         out,
-        "#### Fan-out, blocking readers (µs; {} B records at {} records/s, {} samples per reader per run)\n",
+        "##### Fan-out, blocking readers (µs; {} B records at {} records/s, {} samples per reader per run)\n",
         size, first.setup.rate_hz, first.setup.samples
     )?;
     writeln!(
