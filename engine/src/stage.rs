@@ -93,6 +93,7 @@ pub(crate) fn start_tcp_server(
     let plan = StagePlan {
         settings: ConnectionSettings::from(&config),
         ring_size_b: config.ring_size_b,
+        max_connections: u64::from(config.maximum_connections),
         priority: config.thread_priority,
         placements,
         bound: bound.clone(),
@@ -111,6 +112,7 @@ pub(crate) fn start_tcp_client(
     let plan = StagePlan {
         settings: ConnectionSettings::from(&config),
         ring_size_b: config.ring_size_b,
+        max_connections: 1,
         priority: config.thread_priority,
         placements,
         bound: Arc::new(BoundAddress::default()),
@@ -122,9 +124,19 @@ pub(crate) fn start_tcp_client(
 struct StagePlan {
     settings: ConnectionSettings,
     ring_size_b: u64,
+    /// Most connections open at once: sizes the statistics ring.
+    max_connections: u64,
     priority: u8,
     placements: Vec<Option<usize>>,
     bound: Arc<BoundAddress>,
+}
+
+/// The statistics ring: room for a few records with `max_connections`
+/// connections each (`148 + 114 k` bytes, `RECORDS.md` §5; a record may
+/// take at most half the ring), at least [`CONTROL_RING`].
+fn stats_ring_size(max_connections: u64) -> u64 {
+    let record = 148 + 114 * max_connections;
+    (4 * record).next_power_of_two().clamp(CONTROL_RING, 1 << 30)
 }
 
 /// Probes the kernel for the io_uring receive path: `auto` picks it when it
@@ -159,7 +171,7 @@ fn start(
     plan: StagePlan,
     opener: impl FnOnce(Vec<InboxSender>) -> Role,
 ) -> Result<Stage, EngineError> {
-    let StagePlan { mut settings, ring_size_b, priority, placements, bound } = plan;
+    let StagePlan { mut settings, ring_size_b, max_connections, priority, placements, bound } = plan;
     let stage = settings.stage.clone();
     settings.receive_path = choose_receive_path(&stage, settings.receive_path)?;
     let shards = placements.len() as u32;
@@ -172,7 +184,7 @@ fn start(
     };
     let packets = create(PACKET_GROUP, ring_size_b, shards)?;
     let events = create(CONNECTION_EVENTS, CONTROL_RING, shards)?;
-    let stats_channel = create(SOCKET_STATS, CONTROL_RING, 1)?;
+    let stats_channel = create(SOCKET_STATS, stats_ring_size(max_connections), 1)?;
 
     let latest_stats = Arc::new(Mutex::new(None));
     let (sink, stats_thread) = stats::spawn_publisher(
@@ -278,4 +290,20 @@ fn spawn_egress_reader(
         }
     })?;
     Ok((stop_tx, thread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_ring_holds_a_record_of_every_connection() {
+        assert_eq!(stats_ring_size(1), CONTROL_RING);
+        for connections in [1024, 5000, 10_000, 1_000_000] {
+            let record = 148 + 114 * connections;
+            let ring = stats_ring_size(connections);
+            assert!(ring.is_power_of_two());
+            assert!(shm_bus::layout::max_payload(ring) >= record, "{connections} connections");
+        }
+    }
 }

@@ -124,6 +124,7 @@ struct Publisher {
     reports: Vec<Option<ExecutorReport>>,
     /// When the previous record was made, and its totals, for rates.
     previous: Option<Previous>,
+    warned_too_large: bool,
 }
 
 struct Previous {
@@ -134,7 +135,8 @@ struct Previous {
 
 impl Publisher {
     fn new(writer: ShardWriter, executors: usize, latest: Arc<Mutex<Option<SocketStats>>>) -> Self {
-        Self { writer, latest, reports: (0..executors).map(|_| None).collect(), previous: None }
+        let reports = (0..executors).map(|_| None).collect();
+        Self { writer, latest, reports, previous: None, warned_too_large: false }
     }
 
     /// Publishes a record as soon as every executor has reported since the
@@ -210,8 +212,19 @@ impl Publisher {
             connections: connections.into_values().collect(),
         };
         // Statistics are lossy by nature: if a gated reader holds the ring
-        // full, this second's record is skipped.
-        let _ = self.writer.send(records::KIND_SOCKET_STATS, &records::encode(&record));
+        // full, this second's record is skipped. A record too large for the
+        // ring (more connections than the ring was sized for) is a bug
+        // worth one line in the log.
+        match self.writer.send(records::KIND_SOCKET_STATS, &records::encode(&record)) {
+            Err(e @ shm_bus::ReserveError::TooLarge { .. }) if !self.warned_too_large => {
+                self.warned_too_large = true;
+                tracing::error!(
+                    "socket statistics of {} connections not published: {e}",
+                    record.connections.len()
+                );
+            }
+            _ => {}
+        }
         self.previous = Some(Previous {
             at: now,
             stage: record.stage.traffic,
