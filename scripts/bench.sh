@@ -121,7 +121,7 @@ for rep in $(seq 1 "$reps"); do
             rate_args=(--rate "$rate")
         fi
         name=${connections}x$size
-        for peer in $(rotate "$rep" limit tokio ringest); do
+        for peer in $(rotate "$rep" limit tokio ringest ringest-read); do
             out "throughput-$name-$peer"
             ingest --peer "$peer" --purpose throughput --connections "$connections" --size "$size" \
                 "${rate_args[@]}" --seconds "$run_s" --out "$path"
@@ -175,7 +175,7 @@ section=$results/section.md
     echo
     echo '```'
     echo "${build[*]}"
-    echo "# each scenario (C connections x S bytes [at F messages/s]) and peer P in limit tokio ringest:"
+    echo "# each scenario (C connections x S bytes [at F messages/s]) and peer P in limit tokio ringest ringest-read:"
     common=" --engine-cores $engine_cores"
     for arg in "${stage_args[@]}" "${load_args[@]}"; do
         case $arg in --*) common+=" $arg" ;; *) common+=" '$arg'" ;; esac

@@ -46,6 +46,9 @@ pub(crate) struct PublishCounters {
     pub(crate) bytes: u64,
     /// Times a reservation was refused because a gated reader lagged.
     pub(crate) stalls: u64,
+    /// io_uring path: times a connection's multishot recv ended with
+    /// `ENOBUFS` (no free slot) and waited to be re-armed.
+    pub(crate) buffer_exhaustions: u64,
 }
 
 /// A group being filled in place.

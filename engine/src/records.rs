@@ -395,6 +395,10 @@ pub struct StageStats {
     /// Times a full `packet_group` channel (a slow lossless reader) made the
     /// stage pause receiving.
     pub backpressure_stalls: u64,
+    /// io_uring receive path: times a connection's multishot recv ran out
+    /// of ring slots (`ENOBUFS`) and waited until a lossless reader freed
+    /// space; always 0 on the glommio read path.
+    pub receive_buffer_exhaustions: u64,
     /// Traffic of all connections, closed ones included.
     pub traffic: TrafficStats,
 }
@@ -626,6 +630,7 @@ mod tests {
                 rejected_connections: 2,
                 groups_published: 3,
                 backpressure_stalls: 4,
+                receive_buffer_exhaustions: 5,
                 traffic: traffic(100),
             },
             connections: (0..connections as u64)
@@ -809,8 +814,8 @@ mod tests {
         let connected = &events()[0];
         assert_eq!(encode(connected).len(), 4 + 8 + 8 + 18 + 18);
         assert_eq!(encode(&traffic(0)).len(), 88);
-        assert_eq!(encode(&stats(0, ReceivePath::GlommioRead)).len(), 148);
-        assert_eq!(encode(&stats(2, ReceivePath::GlommioRead)).len(), 148 + 2 * 114);
+        assert_eq!(encode(&stats(0, ReceivePath::GlommioRead)).len(), 156);
+        assert_eq!(encode(&stats(2, ReceivePath::GlommioRead)).len(), 156 + 2 * 114);
         assert_eq!(encode(&EgressHeader { target: Some(0x0102) }), [1, 2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(encode(&EgressHeader { target: None }), [0]);
     }

@@ -182,6 +182,7 @@ impl Publisher {
             receive_path.get_or_insert(report.receive_path);
             stage.groups_published += report.publish.groups;
             stage.backpressure_stalls += report.publish.stalls;
+            stage.receive_buffer_exhaustions += report.publish.buffer_exhaustions;
             stage.rejected_connections += report.rejected;
             totals.egress_drops += report.egress_unconnected_drops;
             stage.open_connections += report.connections.len() as u64;

@@ -432,6 +432,7 @@ impl State {
             r if r == -libc::ENOBUFS => {
                 // No buffer: a gated reader holds the ring. Backpressure.
                 conn.counters.borrow_mut().stalls += 1;
+                self.counters.buffer_exhaustions += 1;
                 self.starved.push_back(id);
                 return;
             }

@@ -68,12 +68,13 @@ fn render(stage: &str, stats: &SocketStats) -> Vec<String> {
         ReceivePath::IoUringMultishot => "io_uring multishot",
     };
     let mut lines = vec![format!(
-        "{stage}  {}  {} open, {} rejected, {} groups, {} backpressure stalls ({path})",
+        "{stage}  {}  {} open, {} rejected, {} groups, {} backpressure stalls, {} receives out of buffers ({path})",
         human::utc(stats.time_ns),
         summary.open_connections,
         summary.rejected_connections,
         summary.groups_published,
         summary.backpressure_stalls,
+        summary.receive_buffer_exhaustions,
     )];
     let mut table = Table::new(
         &[

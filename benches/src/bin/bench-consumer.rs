@@ -18,7 +18,7 @@ use engine::records::{self, KIND_PACKET_GROUP};
 use ringest_benches::ingest::control::{self, Command, Hello};
 use ringest_benches::ingest::monotonic_ns;
 use ringest_benches::ingest::results::{ReceiverReport, ReceiverTotals};
-use ringest_benches::ingest::tracker::{LatencyOptions, StreamStats};
+use ringest_benches::ingest::tracker::{LatencyOptions, Reassembler, StreamStats};
 use ringest_benches::results::LatencySummary;
 use shm_bus::{AttachError, BusDir, Event, Reader, ReaderOptions};
 
@@ -50,6 +50,8 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 struct Stream {
     peer: SocketAddr,
     stats: StreamStats,
+    /// The same stream aged at the engine's receive stamps instead.
+    at_engine: Option<Reassembler>,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -70,6 +72,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut last: Option<(u64, usize)> = None;
     let mut totals = ReceiverTotals::default();
     let mut samples = Vec::new();
+    let mut engine_samples = Vec::new();
     let mut problems = 0u64;
     loop {
         match commands.try_recv() {
@@ -79,6 +82,8 @@ fn main() -> Result<(), Box<dyn Error>> {
                     totals: totals.clone(),
                     streams: streams.iter().map(|s| s.stats.report(s.peer.to_string())).collect(),
                     latency: (!samples.is_empty()).then(|| LatencySummary::from_samples(samples.clone())),
+                    latency_to_engine: (!engine_samples.is_empty())
+                        .then(|| LatencySummary::from_samples(engine_samples.clone())),
                 };
                 control::answer(&report);
             }
@@ -114,12 +119,17 @@ fn main() -> Result<(), Box<dyn Error>> {
                             streams.push(Stream {
                                 peer: packet.meta.peer.into(),
                                 stats: StreamStats::new(args.hash, latency),
+                                at_engine: latency.map(Reassembler::new),
                             });
                             streams.len() - 1
                         }),
                     };
                     last = Some((id, at));
-                    streams[at].stats.on_packet(packet.data, now, &mut samples);
+                    let stream = &mut streams[at];
+                    stream.stats.on_packet(packet.data, now, &mut samples);
+                    if let Some(r) = &mut stream.at_engine {
+                        r.push(packet.data, packet.meta.rx_monotonic_ns, &mut engine_samples);
+                    }
                     bytes += packet.data.len() as u64;
                     packets += 1;
                 }

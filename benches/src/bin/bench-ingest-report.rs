@@ -213,7 +213,7 @@ fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String,
     )?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
     for label in &scenarios {
-        for peer in ["limit", "tokio", "ringest"] {
+        for peer in ["limit", "tokio", "ringest", "ringest-read"] {
             let sel = runs.select("throughput", label, peer);
             let total = runs
                 .ingest
@@ -224,9 +224,9 @@ fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String,
                 continue;
             }
             let engine = |f: fn(&IngestRun) -> f64| {
-                if peer == "ringest" { cell(&column(&sel, f), two) } else { "-".into() }
+                if peer.starts_with("ringest") { cell(&column(&sel, f), two) } else { "-".into() }
             };
-            let engine_rss = if peer == "ringest" {
+            let engine_rss = if peer.starts_with("ringest") {
                 cell(&column(&sel, |r| r.peak_rss_kib(ENGINE) as f64), mib)
             } else {
                 "-".into()
@@ -246,7 +246,8 @@ fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String,
     writeln!(
         out,
         "\nringest's processes are the engine (`ringest run`) and the consumer (`bench-consumer`); \
-         their RSS includes the shm-bus ring pages they touched (RssShmem in the JSON files).\n"
+         their RSS includes the shm-bus ring pages they touched (RssShmem in the JSON files). \
+         `ringest` runs the io_uring receive path, `ringest-read` the glommio read path.\n"
     )?;
 
     writeln!(out, "##### Ratios (paired by repetition)\n")?;
@@ -320,6 +321,69 @@ fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String,
             cell(&vs_tokio, times),
             targets.join("; "),
             met_text.join("; "),
+        )?;
+    }
+    writeln!(out)?;
+    receive_paths(out, runs, &scenarios, verdicts)
+}
+
+/// The io_uring receive path against the glommio read path, paired by
+/// repetition.
+fn receive_paths(
+    out: &mut String,
+    runs: &Runs,
+    scenarios: &[String],
+    verdicts: &mut Vec<(String, String, bool)>,
+) -> Result<()> {
+    if !scenarios.iter().any(|label| !runs.select("throughput", label, "ringest-read").is_empty()) {
+        return Ok(());
+    }
+    writeln!(out, "##### Receive paths: io_uring (`ringest`) / glommio read (`ringest-read`)\n")?;
+    writeln!(
+        out,
+        "| Scenario | GB/s | CPU-s/GB (engine + consumer) | CPU-s/GB (engine alone) | Targets | Met |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for label in scenarios {
+        let uring = runs.select("throughput", label, "ringest");
+        let read = runs.select("throughput", label, "ringest-read");
+        if read.is_empty() {
+            continue;
+        }
+        let speed = paired(&uring, &read, |r| r.bytes_per_s);
+        let cpu_all = paired(&uring, &read, |r| r.cpu_s_per_gb(ALL));
+        let cpu_engine = paired(&uring, &read, |r| r.cpu_s_per_gb(ENGINE));
+        let fixed = uring.values().chain(read.values()).next().is_some_and(|r| r.scenario.rate.is_some());
+        let floor = if fixed { 0.99 } else { 1.0 };
+        let met = [median(&speed) >= floor, median(&cpu_all) <= 1.0];
+        verdicts.push((
+            format!("{label}: io_uring path ≥ 1.0x the glommio read path's throughput"),
+            format!(
+                "{} ({} against {} GB/s)",
+                times(median(&speed)),
+                gbps(median(&column(&uring, |r| r.bytes_per_s))),
+                gbps(median(&column(&read, |r| r.bytes_per_s)))
+            ),
+            met[0],
+        ));
+        verdicts.push((
+            format!("{label}: io_uring path ≤ 1.0x the glommio read path's CPU per GB"),
+            format!(
+                "{} engine + consumer, {} engine alone",
+                times(median(&cpu_all)),
+                times(median(&cpu_engine))
+            ),
+            met[1],
+        ));
+        writeln!(
+            out,
+            "| {label} | {} | {} | {} | {}; ≤ 1x CPU/GB | {}; {} |",
+            cell(&speed, times),
+            cell(&cpu_all, times),
+            cell(&cpu_engine, times),
+            if fixed { "≥ 0.99x GB/s (fixed rate)" } else { "≥ 1x GB/s" },
+            verdict(met[0]),
+            verdict(met[1]),
         )?;
     }
     writeln!(out)?;
@@ -438,6 +502,19 @@ fn latency(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String, bo
                 .map(|i| cell(&with.values().map(|l| stat(l, i)).collect::<Vec<_>>(), micros))
                 .collect();
             writeln!(out, "| {label} | {peer} | {} | {}/{total} |", cols.join(" | "), with.len())?;
+            // ringest's part until the engine handled the receive.
+            let to_engine: Vec<LatencySummary> = sel.values().filter_map(|r| r.latency_to_engine).collect();
+            if !to_engine.is_empty() {
+                let cols: Vec<String> = (0..4)
+                    .map(|i| cell(&to_engine.iter().map(|l| stat(l, i)).collect::<Vec<_>>(), micros))
+                    .collect();
+                writeln!(
+                    out,
+                    "| {label} | {peer}: until the engine's receive stamp | {} | {}/{total} |",
+                    cols.join(" | "),
+                    to_engine.len()
+                )?;
+            }
             p50s.insert(
                 peer,
                 with.iter().map(|(rep, l)| (*rep, l.p50_ns as f64)).collect::<BTreeMap<_, _>>(),

@@ -57,7 +57,11 @@ enum Cmd {
 enum Peer {
     Limit,
     Tokio,
+    /// ringest on its io_uring receive path (forced, so a kernel without it
+    /// fails the run instead of measuring the other path).
     Ringest,
+    /// ringest on the glommio read path (`receive_path = "glommio_read"`).
+    RingestRead,
     /// ringest with the lossless logger writing uncompressed MCAP.
     RingestLog,
     /// ringest with the lossless logger writing lz4-compressed MCAP.
@@ -70,6 +74,7 @@ impl Peer {
             Peer::Limit => "limit",
             Peer::Tokio => "tokio",
             Peer::Ringest => "ringest",
+            Peer::RingestRead => "ringest-read",
             Peer::RingestLog => "ringest-log",
             Peer::RingestLogLz4 => "ringest-log-lz4",
         }
@@ -448,6 +453,7 @@ fn run(args: &RunArgs) -> Result<IngestRun> {
         received: totals,
         processes,
         latency: report.latency,
+        latency_to_engine: report.latency_to_engine,
         logger: logger_outcome,
         engine: engine_watch,
         hashed: args.hash,
@@ -563,6 +569,12 @@ fn engine_config(args: &RunArgs) -> (String, Vec<String>) {
         format!("thread_processor_affinity = [{}]", cores.join(", ")),
     ];
     keys.extend(args.stage_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()));
+    // The receive path the peer names, unless a stage key chose one.
+    let chosen = keys.iter().any(|k| k.split_once('=').is_some_and(|(key, _)| key.trim() == "receive_path"));
+    if !chosen {
+        let path = if args.peer == Peer::RingestRead { "glommio_read" } else { "io_uring" };
+        keys.push(format!("receive_path = \"{path}\""));
+    }
     let config = format!("[[tcp_server]]\n{}\n", keys.join("\n"));
     (config, keys)
 }

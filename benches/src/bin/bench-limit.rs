@@ -83,6 +83,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 totals: totals(&connections),
                 streams: connections.iter().map(|c| report(c)).collect(),
                 latency: None,
+                latency_to_engine: None,
             }),
             Command::Quit => break,
         }

@@ -113,6 +113,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     totals: totals.clone(),
                     streams: streams.iter().map(|(id, s)| s.report(name(id))).collect(),
                     latency: (!samples.is_empty()).then(|| LatencySummary::from_samples(samples.clone())),
+                    latency_to_engine: None,
                 });
             }
             Message::Command(Command::Quit) => break,

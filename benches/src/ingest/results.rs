@@ -56,6 +56,11 @@ pub struct ReceiverReport {
     pub streams: Vec<StreamReport>,
     /// Send-to-seen latency of the messages after the warm-up (latency runs).
     pub latency: Option<LatencySummary>,
+    /// ringest only: latency from the send to the engine's receive stamp
+    /// (`rx_monotonic_ns`, taken when the engine handles the receive), the
+    /// engine's part of `latency`.
+    #[serde(default)]
+    pub latency_to_engine: Option<LatencySummary>,
 }
 
 /// What one connection of the load generator sent.
@@ -194,6 +199,9 @@ pub struct IngestRun {
     /// The receiver's processes.
     pub processes: Vec<ProcessUsage>,
     pub latency: Option<LatencySummary>,
+    /// ringest only: see [`ReceiverReport::latency_to_engine`].
+    #[serde(default)]
+    pub latency_to_engine: Option<LatencySummary>,
     pub logger: Option<LoggerOutcome>,
     pub engine: Option<EngineWatch>,
     /// Whether the bytes were hashed on both sides.
