@@ -449,11 +449,11 @@ async fn receive_uring(
 }
 
 /// Runs the executor's io_uring: reaps completions and publishes groups
-/// while there are any, yielding between passes; parks on the ring's fd
+/// while there are any, yielding between passes; parks on the ring's eventfd
 /// when idle, or retries on a backing-off timer while a gated reader holds
 /// the ring.
 async fn drive_uring(exec: Rc<Executor>, receiver: Rc<UringReceiver>) {
-    let ring = match PollableFd::new(RingFd(receiver.fd())) {
+    let ring = match PollableFd::new(WakeFd(receiver.fd())) {
         Ok(ring) => ring,
         Err(e) => {
             tracing::error!("stage {}: cannot poll the io_uring: {e}", exec.settings.stage);
@@ -507,10 +507,10 @@ async fn drain_uring(receiver: &UringReceiver) {
     receiver.pass();
 }
 
-/// The io_uring's fd, for glommio to poll; the ring owns (and closes) it.
-struct RingFd(RawFd);
+/// The ring's eventfd, for glommio to poll; the ring owns (and closes) it.
+struct WakeFd(RawFd);
 
-impl AsRawFd for RingFd {
+impl AsRawFd for WakeFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
     }

@@ -34,7 +34,7 @@
 //! buffers and ends each multishot recv with `ENOBUFS`: the data stays in
 //! the socket, TCP pushes back on the sender, and the recv is re-armed when
 //! buffers return. Nothing is dropped and nothing spins: the driver waits
-//! for the ring's fd, or retries the claim on a backing-off timer.
+//! for the ring's eventfd, or retries the claim on a backing-off timer.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -176,7 +176,7 @@ impl UringReceiver {
             Ok(ring) => ring,
             Err(e) => return Err((writer, e)),
         };
-        let fd = ring.fd();
+        let fd = ring.wake_fd();
         let first = writer.next_record_pos() / slot;
         let mut state = State {
             shard: ShardSlots::new(ring, writer, slot, DATA_AT),
@@ -204,7 +204,7 @@ impl UringReceiver {
         Ok(Self { state: RefCell::new(state), fd })
     }
 
-    /// The ring's fd: readable when completions wait.
+    /// The fd to await: readable when the ring has work for a pass.
     pub(crate) fn fd(&self) -> RawFd {
         self.fd
     }
@@ -318,6 +318,9 @@ impl UringReceiver {
         state.submit();
         if handled {
             Pass::Busy { packets }
+        } else if state.shard.ring().rearm_wake() {
+            // Work came in since this pass reaped: another pass, not a park.
+            Pass::Busy { packets: 0 }
         } else if state.stalled {
             Pass::Stalled
         } else {

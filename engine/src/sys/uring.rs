@@ -11,7 +11,7 @@
 //! [`ReceiveRing::provide`].
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
@@ -20,6 +20,8 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 /// The buffer group id of the provided buffer ring (one per ring).
 const BUFFER_GROUP: u16 = 0;
+/// `IORING_ENTER_GETEVENTS` (linux/io_uring.h).
+const ENTER_GETEVENTS: u32 = 1;
 
 /// What the kernel reported for one submitted operation.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +48,11 @@ pub(crate) struct ReceiveRing {
     /// Entries written since the last [`ReceiveRing::publish_buffers`].
     unpublished: u16,
     ring: IoUring,
+    /// The eventfd registered with the ring: the kernel signals it when
+    /// task work for the ring is queued (a socket has data for a recv, a
+    /// connection waits for the accept) and when completions are posted.
+    /// Declared after `ring`, so it closes after the ring is gone.
+    wake: OwnedFd,
 }
 
 impl std::fmt::Debug for ReceiveRing {
@@ -61,19 +68,21 @@ impl ReceiveRing {
     pub(crate) fn new(entries: u16) -> io::Result<Self> {
         check_kernel()?;
         assert!(entries.is_power_of_two() && entries <= 1 << 15);
-        // COOP_TASKRUN: completions are posted when this thread enters the
-        // kernel anyway (glommio does so constantly), without an IPI to
-        // interrupt it; a parked executor is still woken, runs the work and
-        // glommio sees the ring's fd readable. DEFER_TASKRUN was measured
-        // and does not fit: its work runs only in an enter with GETEVENTS
-        // on this ring, which a parked glommio executor never makes (the
-        // demo received nothing in 3 s); it would need polling. SQPOLL
-        // burns a core. SINGLE_ISSUER: only the executor thread submits.
-        // TASKRUN_FLAG: the kernel flags pending task work in the
-        // submission ring, so a reap knows when it must enter the kernel
-        // first, and a submit with nothing queued can skip the syscall.
+        // DEFER_TASKRUN: the ring's task work (a recv of the data that
+        // arrived on a socket, posting its completion) runs only when this
+        // thread asks for it, in `reap`, at the start of a driver pass: the
+        // kernel receives what piled up since the last pass in one go, and
+        // never interrupts the executor for it. A parked executor learns of
+        // queued work from the registered eventfd (`wake_fd`), which glommio
+        // polls; without it nothing would wake it (the ring's own fd is not
+        // signalled until the work has run). SINGLE_ISSUER: only the
+        // executor thread submits (DEFER_TASKRUN requires it). TASKRUN_FLAG:
+        // the kernel flags queued task work in the submission ring, so a
+        // reap enters the kernel only when there is work, a submit with
+        // nothing queued makes no syscall, and a drained eventfd cannot
+        // hide work. SQPOLL would burn a core.
         let ring = IoUring::builder()
-            .setup_coop_taskrun()
+            .setup_defer_taskrun()
             .setup_taskrun_flag()
             .setup_single_issuer()
             .setup_cqsize(u32::from(entries).max(256) * 4)
@@ -106,7 +115,18 @@ impl ReceiveRing {
             return Err(io::Error::last_os_error());
         }
         let buffers = NonNull::new(memory.cast::<BufRingEntry>()).expect("mmap does not return null");
-        let this = Self { buffers, buffers_len, entries, tail: 0, unpublished: 0, ring };
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            let error = io::Error::last_os_error();
+            // SAFETY: mapped above with this length; nothing refers to it yet.
+            unsafe { libc::munmap(memory, buffers_len) };
+            return Err(error);
+        }
+        // SAFETY: `wake` is a new fd that nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let this = Self { buffers, buffers_len, entries, tail: 0, unpublished: 0, ring, wake };
+        this.ring.submitter().register_eventfd(this.wake.as_raw_fd())?;
         // SAFETY: `buffers` is page-aligned (mmap), zeroed, `buffers_len`
         // bytes long, enough for `entries` entries; it stays mapped until
         // `Drop`, which unregisters the group before unmapping it.
@@ -121,10 +141,23 @@ impl ReceiveRing {
         Ok(this)
     }
 
-    /// The ring's fd, for glommio to await its readiness (completions).
-    pub(crate) fn fd(&self) -> RawFd {
-        use std::os::fd::AsRawFd;
-        self.ring.as_raw_fd()
+    /// The fd to await (glommio polls it): readable when the ring has work
+    /// for [`ReceiveRing::reap`].
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// Resets the wake fd before the driver parks. Returns true if work
+    /// arrived meanwhile (task work flagged, completions waiting): then the
+    /// driver must not park, as the signal it would wait for was just
+    /// consumed. The kernel sets the task-work flag before it signals the
+    /// eventfd, so work that the reset may have swallowed shows here.
+    pub(crate) fn rearm_wake(&mut self) -> bool {
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into `count`, a valid u64; the fd is a
+        // non-blocking eventfd we own. EAGAIN (not signalled) is fine.
+        let _ = unsafe { libc::read(self.wake.as_raw_fd(), (&raw mut count).cast(), 8) };
+        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
     }
 
     /// Hands the kernel the buffer `bid`: `len` bytes at `addr`. Visible to
@@ -207,22 +240,20 @@ impl ReceiveRing {
         false
     }
 
-    /// Submits the queued entries; does not wait. With nothing queued, no
-    /// completion overflowed and no task work pending, it makes no
-    /// syscall: an idle pass of the driver then costs none (measured: four
-    /// empty `io_uring_enter`s per received packet before this check).
+    /// Submits the queued entries; does not wait. With nothing queued and
+    /// no completion overflowed it makes no syscall (measured: four empty
+    /// `io_uring_enter`s per received packet before this check).
     pub(crate) fn submit(&mut self) -> io::Result<()> {
         {
             let queue = self.ring.submission();
-            if queue.is_empty() && !queue.cq_overflow() && !queue.taskrun() {
+            if queue.is_empty() && !queue.cq_overflow() {
                 return Ok(());
             }
         }
         self.enter()
     }
 
-    /// Enters the kernel: submits what is queued, and (as every syscall
-    /// does) runs this thread's pending task work, which posts completions.
+    /// Enters the kernel: submits what is queued.
     fn enter(&mut self) -> io::Result<()> {
         loop {
             match self.ring.submit() {
@@ -238,10 +269,22 @@ impl ReceiveRing {
 
     /// Takes every posted completion, in order.
     pub(crate) fn reap(&mut self, into: &mut Vec<Completion>) {
-        // Completions still waiting as task work (COOP_TASKRUN posts them
-        // at this thread's next kernel entry): post them now.
+        // Run the queued task work (DEFER_TASKRUN): the kernel receives
+        // into the provided buffers and posts the completions now.
         if self.ring.submission().taskrun() {
-            let _ = self.enter();
+            loop {
+                // SAFETY: no entries are submitted (0), so no memory is
+                // handed to the kernel; GETEVENTS with min_complete 0 runs
+                // the task work and returns without waiting.
+                let result =
+                    unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None) };
+                match result {
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => tracing::warn!("io_uring enter (task work) failed: {e}"),
+                    Ok(_) => {}
+                }
+                break;
+            }
         }
         let mut queue = self.ring.completion();
         queue.sync();
@@ -284,18 +327,19 @@ fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096).max(4096)
 }
 
-/// Multishot recv arrived in Linux 6.0; older kernels accept the entry
-/// but deliver one completion, so the version decides.
+/// Multishot recv arrived in Linux 6.0 (older kernels accept the entry
+/// but deliver one completion, so the version decides), DEFER_TASKRUN in
+/// 6.1.
 fn check_kernel() -> io::Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     let mut numbers = release.trim().split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if version >= (6, 0) {
+    if version >= (6, 1) {
         Ok(())
     } else {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("Linux {}.{} lacks multishot recv (6.0)", version.0, version.1),
+            format!("Linux {}.{} lacks multishot recv and DEFER_TASKRUN (6.1)", version.0, version.1),
         ))
     }
 }
