@@ -200,6 +200,64 @@ fn paired(
 const ALL: &[&str] = &[];
 const ENGINE: &[&str] = &["engine"];
 
+/// One receiver against another in a scenario, paired by repetition:
+/// throughput and CPU per GB, and the verdicts "at least as fast" and "at
+/// most as much CPU per GB" (pushed onto the target list).
+struct Ratios {
+    speed: Vec<f64>,
+    /// All of the subject's processes against all of the base's.
+    cpu_all: Vec<f64>,
+    /// The subject's engine alone against the base's `base_engine`
+    /// processes.
+    cpu_engine: Vec<f64>,
+    /// A fixed-rate scenario: the sender sets the throughput, so a receiver
+    /// that keeps the rate meets the other's within a percent.
+    fixed: bool,
+    met: [bool; 2],
+}
+
+impl Ratios {
+    fn of(
+        label: &str,
+        (name, subject): (&str, &BTreeMap<u32, &IngestRun>),
+        (base_name, base): (&str, &BTreeMap<u32, &IngestRun>),
+        base_engine: &[&str],
+        verdicts: &mut Vec<(String, String, bool)>,
+    ) -> Self {
+        let speed = paired(subject, base, |r| r.bytes_per_s);
+        let cpu_all = paired(subject, base, |r| r.cpu_s_per_gb(ALL));
+        let cpu_engine: Vec<f64> = subject
+            .iter()
+            .filter_map(|(rep, r)| {
+                base.get(rep).map(|b| r.cpu_s_per_gb(ENGINE) / b.cpu_s_per_gb(base_engine))
+            })
+            .collect();
+        let fixed = subject.values().chain(base.values()).next().is_some_and(|r| r.scenario.rate.is_some());
+        let floor = if fixed { 0.99 } else { 1.0 };
+        let met = [median(&speed) >= floor, median(&cpu_all) <= 1.0];
+        verdicts.push((
+            format!("{label}: {name} ≥ 1.0x {base_name}'s throughput"),
+            format!(
+                "{} ({} against {} GB/s)",
+                times(median(&speed)),
+                gbps(median(&column(subject, |r| r.bytes_per_s))),
+                gbps(median(&column(base, |r| r.bytes_per_s)))
+            ),
+            met[0],
+        ));
+        verdicts.push((
+            format!("{label}: {name} ≤ 1.0x {base_name}'s CPU per GB"),
+            format!(
+                "{} engine + consumer, {} engine alone",
+                times(median(&cpu_all)),
+                times(median(&cpu_engine))
+            ),
+            met[1],
+        ));
+        Self { speed, cpu_all, cpu_engine, fixed, met }
+    }
+}
+
 fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String, bool)>) -> Result<()> {
     let scenarios = runs.scenarios("throughput");
     if scenarios.is_empty() {
@@ -261,42 +319,14 @@ fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String,
         let ringest = runs.select("throughput", label, "ringest");
         let limit = runs.select("throughput", label, "limit");
         let tokio = runs.select("throughput", label, "tokio");
-        let vs_limit = paired(&ringest, &limit, |r| r.bytes_per_s);
-        let cpu_all = paired(&ringest, &limit, |r| r.cpu_s_per_gb(ALL));
-        let cpu_engine: Vec<f64> = ringest
-            .iter()
-            .filter_map(|(rep, r)| limit.get(rep).map(|l| r.cpu_s_per_gb(ENGINE) / l.cpu_s_per_gb(ALL)))
-            .collect();
+        let vs_limit = Ratios::of(label, ("ringest", &ringest), ("the limit", &limit), ALL, verdicts);
         let vs_tokio = paired(&ringest, &tokio, |r| r.bytes_per_s);
-        let any = ringest.values().chain(limit.values()).next();
-        let connections = any.map_or(0, |r| r.scenario.connections);
-        // At a fixed rate the sender sets the throughput: a receiver meets
-        // the limit's by keeping the rate, within a percent of its figure.
-        let fixed = any.is_some_and(|r| r.scenario.rate.is_some());
-        let floor = if fixed { 0.99 } else { 1.0 };
+        let connections = ringest.values().chain(limit.values()).next().map_or(0, |r| r.scenario.connections);
+        let fixed = vs_limit.fixed;
         let mut targets =
             vec![if fixed { "≥ 1x limit GB/s (fixed rate: ≥ 0.99x)" } else { "≥ 1x limit GB/s" }];
         targets.push("≤ 1x limit CPU/GB");
-        let met = [median(&vs_limit) >= floor, median(&cpu_all) <= 1.0];
-        verdicts.push((
-            format!("{label}: ringest ≥ 1.0x the limit's throughput"),
-            format!(
-                "{} ({} against {} GB/s)",
-                times(median(&vs_limit)),
-                gbps(median(&column(&ringest, |r| r.bytes_per_s))),
-                gbps(median(&column(&limit, |r| r.bytes_per_s)))
-            ),
-            met[0],
-        ));
-        verdicts.push((
-            format!("{label}: ringest ≤ 1.0x the limit's CPU per GB"),
-            format!(
-                "{} engine + consumer, {} engine alone",
-                times(median(&cpu_all)),
-                times(median(&cpu_engine))
-            ),
-            met[1],
-        ));
+        let met = vs_limit.met;
         let mut met_text: Vec<&str> = met.iter().map(|m| verdict(*m)).collect();
         if connections >= 16 && fixed {
             // Every receiver that keeps a fixed rate has the same throughput.
@@ -315,9 +345,9 @@ fn throughput(out: &mut String, runs: &Runs, verdicts: &mut Vec<(String, String,
         writeln!(
             out,
             "| {label} | {} | {} | {} | {} | {} | {} |",
-            cell(&vs_limit, times),
-            cell(&cpu_all, times),
-            cell(&cpu_engine, times),
+            cell(&vs_limit.speed, times),
+            cell(&vs_limit.cpu_all, times),
+            cell(&vs_limit.cpu_engine, times),
             cell(&vs_tokio, times),
             targets.join("; "),
             met_text.join("; "),
@@ -350,40 +380,17 @@ fn receive_paths(
         if read.is_empty() {
             continue;
         }
-        let speed = paired(&uring, &read, |r| r.bytes_per_s);
-        let cpu_all = paired(&uring, &read, |r| r.cpu_s_per_gb(ALL));
-        let cpu_engine = paired(&uring, &read, |r| r.cpu_s_per_gb(ENGINE));
-        let fixed = uring.values().chain(read.values()).next().is_some_and(|r| r.scenario.rate.is_some());
-        let floor = if fixed { 0.99 } else { 1.0 };
-        let met = [median(&speed) >= floor, median(&cpu_all) <= 1.0];
-        verdicts.push((
-            format!("{label}: io_uring path ≥ 1.0x the glommio read path's throughput"),
-            format!(
-                "{} ({} against {} GB/s)",
-                times(median(&speed)),
-                gbps(median(&column(&uring, |r| r.bytes_per_s))),
-                gbps(median(&column(&read, |r| r.bytes_per_s)))
-            ),
-            met[0],
-        ));
-        verdicts.push((
-            format!("{label}: io_uring path ≤ 1.0x the glommio read path's CPU per GB"),
-            format!(
-                "{} engine + consumer, {} engine alone",
-                times(median(&cpu_all)),
-                times(median(&cpu_engine))
-            ),
-            met[1],
-        ));
+        let r =
+            Ratios::of(label, ("io_uring path", &uring), ("the glommio read path", &read), ENGINE, verdicts);
         writeln!(
             out,
             "| {label} | {} | {} | {} | {}; ≤ 1x CPU/GB | {}; {} |",
-            cell(&speed, times),
-            cell(&cpu_all, times),
-            cell(&cpu_engine, times),
-            if fixed { "≥ 0.99x GB/s (fixed rate)" } else { "≥ 1x GB/s" },
-            verdict(met[0]),
-            verdict(met[1]),
+            cell(&r.speed, times),
+            cell(&r.cpu_all, times),
+            cell(&r.cpu_engine, times),
+            if r.fixed { "≥ 0.99x GB/s (fixed rate)" } else { "≥ 1x GB/s" },
+            verdict(r.met[0]),
+            verdict(r.met[1]),
         )?;
     }
     writeln!(out)?;
