@@ -108,6 +108,48 @@ fn a_lone_packet_is_published_at_once_not_after_the_timeout() {
 }
 
 #[test]
+fn every_message_arrives_when_nothing_follows_it_to_wake_the_stage() {
+    // Each round sends a message on one connection and, a few microseconds
+    // later, one on the other (so it often lands while the stage is busy
+    // with the first), then nothing until both have arrived: the stage
+    // goes from busy to parked hundreds of times, with data arriving at
+    // every point of its cycle. A wake-up lost on the way to parking would
+    // leave the second message unpublished with nothing behind it to wake
+    // the stage again, and `until` would time out.
+    let t = bus();
+    let config = TcpServerConfig { group_timeout_us: 10_000_000, ..server_config("lastword") };
+    let (engine, addr) = start(&t.bus, config);
+    let mut collector = Collector::attach(&t.bus, "lastword");
+    let mut clients: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for client in &clients {
+        client.set_nodelay(true).unwrap();
+    }
+    let locals: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    let mut sent = [Vec::new(), Vec::new()];
+    for round in 0..400u32 {
+        for (which, client) in clients.iter_mut().enumerate() {
+            let message = round.to_le_bytes().repeat(1 + (round as usize * 7 + which) % 16);
+            client.write_all(&message).unwrap();
+            sent[which].extend_from_slice(&message);
+            if which == 0 {
+                // 0 to 60 µs between the two: a sleep would be too coarse.
+                let gap = Instant::now() + Duration::from_micros(u64::from(round * 13 % 61));
+                while Instant::now() < gap {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        collector.until("both messages of the round", |c| {
+            locals.iter().zip(&sent).all(|(local, bytes)| c.received_from(*local).len() >= bytes.len())
+        });
+    }
+    for (local, bytes) in locals.iter().zip(&sent) {
+        assert!(collector.received_from(*local) == bytes.as_slice(), "{local}: bytes differ");
+    }
+    engine.stop().unwrap();
+}
+
+#[test]
 fn group_timeout_bounds_the_wait_under_a_steady_trickle() {
     let t = bus();
     let config = TcpServerConfig { group_size: 65_536, group_timeout_us: 20_000, ..server_config("trickle") };
