@@ -6,7 +6,7 @@
 # pieces. Inserts a dated results section into docs/BENCHMARKS.md (part
 # "Ingest"). See that part for what is measured and how.
 #
-#   scripts/bench.sh                 # the whole matrix, 5 repetitions (about 12 min)
+#   scripts/bench.sh                 # the whole matrix, 5 repetitions (about 10 min)
 #   QUICK=1 scripts/bench.sh         # every step once, short runs: a smoke test (about 2 min)
 #   REPS=7 RUN_SECONDS=5 scripts/bench.sh
 #
