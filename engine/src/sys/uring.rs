@@ -150,8 +150,11 @@ impl ReceiveRing {
     /// Resets the wake fd before the driver parks. Returns true if work
     /// arrived meanwhile (task work flagged, completions waiting): then the
     /// driver must not park, as the signal it would wait for was just
-    /// consumed. The kernel sets the task-work flag before it signals the
-    /// eventfd, so work that the reset may have swallowed shows here.
+    /// consumed. The kernel (`io_req_local_work_add`) sets the task-work
+    /// flag before it signals the eventfd, when its work list goes from
+    /// empty to not empty, and a run of the work that leaves some over (it
+    /// runs at most about 20 items per enter) sets the flag again: work
+    /// that the reset may have swallowed shows here.
     pub(crate) fn rearm_wake(&mut self) -> bool {
         let mut count = 0u64;
         // SAFETY: reads 8 bytes into `count`, a valid u64; the fd is a
