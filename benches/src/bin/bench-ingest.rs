@@ -501,11 +501,7 @@ fn start_receiver(args: &RunArgs, scratch: &Path, warmup: u64) -> Result<Receive
             } else {
                 command.args(&consumer_args);
                 // The engine's group size, when a stage key changes it.
-                let group_size = args.stage_keys.iter().find_map(|k| {
-                    let (key, value) = k.split_once('=')?;
-                    (key.trim() == "group_size").then(|| value.trim().to_owned())
-                });
-                if let Some(group_size) = group_size {
+                if let Some(group_size) = stage_key(&args.stage_keys, "group_size") {
                     command.args(["--group-size", &group_size]);
                 }
             }
@@ -559,6 +555,14 @@ fn start_receiver(args: &RunArgs, scratch: &Path, warmup: u64) -> Result<Receive
     }
 }
 
+/// The value a `key = value` line of `--stage-key` gives `name`, if any.
+fn stage_key(keys: &[String], name: &str) -> Option<String> {
+    keys.iter().find_map(|k| {
+        let (key, value) = k.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().to_owned())
+    })
+}
+
 /// The engine's configuration for a run, and the settings to record.
 fn engine_config(args: &RunArgs) -> (String, Vec<String>) {
     let cores: Vec<&str> = args.engine_cores.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
@@ -570,8 +574,7 @@ fn engine_config(args: &RunArgs) -> (String, Vec<String>) {
     ];
     keys.extend(args.stage_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()));
     // The receive path the peer names, unless a stage key chose one.
-    let chosen = keys.iter().any(|k| k.split_once('=').is_some_and(|(key, _)| key.trim() == "receive_path"));
-    if !chosen {
+    if stage_key(&args.stage_keys, "receive_path").is_none() {
         let path = if args.peer == Peer::RingestRead { "glommio_read" } else { "io_uring" };
         keys.push(format!("receive_path = \"{path}\""));
     }

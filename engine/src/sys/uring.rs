@@ -253,21 +253,7 @@ impl ReceiveRing {
                 return Ok(());
             }
         }
-        self.enter()
-    }
-
-    /// Enters the kernel: submits what is queued.
-    fn enter(&mut self) -> io::Result<()> {
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // The completion queue is full: the caller reaps, then
-                // submits again.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
+        retry_enter(|| self.ring.submit())
     }
 
     /// Takes every posted completion, in order.
@@ -275,18 +261,14 @@ impl ReceiveRing {
         // Run the queued task work (DEFER_TASKRUN): the kernel receives
         // into the provided buffers and posts the completions now.
         if self.ring.submission().taskrun() {
-            loop {
+            let run_task_work = || {
                 // SAFETY: no entries are submitted (0), so no memory is
                 // handed to the kernel; GETEVENTS with min_complete 0 runs
                 // the task work and returns without waiting.
-                let result =
-                    unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None) };
-                match result {
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => tracing::warn!("io_uring enter (task work) failed: {e}"),
-                    Ok(_) => {}
-                }
-                break;
+                unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None) }
+            };
+            if let Err(e) = retry_enter(run_task_work) {
+                tracing::warn!("io_uring enter (task work) failed: {e}");
             }
         }
         let mut queue = self.ring.completion();
@@ -308,6 +290,20 @@ impl Drop for ReceiveRing {
         // SAFETY: `buffers` was mapped with `buffers_len` bytes in `new` and
         // is no longer registered with the kernel; nothing else refers to it.
         unsafe { libc::munmap(self.buffers.as_ptr().cast(), self.buffers_len) };
+    }
+}
+
+/// Runs `enter` (an `io_uring_enter`) again when a signal interrupted it.
+/// `EBUSY` (the completion queue is full) is no error: the caller reaps,
+/// and what was not submitted goes with the next submit.
+fn retry_enter(mut enter: impl FnMut() -> io::Result<usize>) -> io::Result<()> {
+    loop {
+        match enter() {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+            Err(e) => return Err(e),
+        }
     }
 }
 
