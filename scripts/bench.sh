@@ -22,7 +22,8 @@
 #                    256 B, 4 s; QUICK: 2000 connections, 2 s)
 #   ENGINE_CORES     the engine's thread_processor_affinity ("0,1")
 #   STAGE_KEYS       extra keys for the engine's [[tcp_server]] table,
-#                    separated by ';', e.g. 'receive_path = "io_uring"'
+#                    separated by ';', e.g. 'group_size = 16'. A receive_path
+#                    key here overrides the path of both ringest peers.
 #   LOAD_THREADS     load generator threads [default: min(connections, 2)]
 #   NO_DOCS=1        leave docs/BENCHMARKS.md alone (print the section)
 set -euo pipefail

@@ -122,7 +122,8 @@ struct RunArgs {
     #[arg(long, default_value = "0,1")]
     engine_cores: String,
     /// A `key = value` line added to the engine's [[tcp_server]] table
-    /// (repeatable), e.g. 'receive_path = "io_uring"'.
+    /// (repeatable), e.g. 'group_size = 16'. A `receive_path` key here
+    /// overrides the path the peer names.
     #[arg(long = "stage-key", value_name = "KEY = VALUE")]
     stage_keys: Vec<String>,
     /// The `ringest` binary [default: next to this one].
