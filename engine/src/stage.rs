@@ -179,8 +179,12 @@ fn start(
     let io_error = |source| EngineError::Io { stage: stage.clone(), source };
     let create = |channel: &str, capacity: u64, shards: u32| {
         let name = channel_name(&stage, channel);
-        Producer::create(bus, &name, ChannelOptions { shards, capacity, mode, ..Default::default() })
-            .map_err(channel_error(name))
+        // The whole ring, always: the io_uring receive path hands the kernel
+        // fixed slots of it and cannot start over, and the read path keeps
+        // the same ring, so that `ring_size` is the history a late reader
+        // (a logger, `ringest tail`) finds on either path.
+        let opts = ChannelOptions { shards, capacity, mode, hot_window: 0, ..Default::default() };
+        Producer::create(bus, &name, opts).map_err(channel_error(name))
     };
     let packets = create(PACKET_GROUP, ring_size_b, shards)?;
     let events = create(CONNECTION_EVENTS, CONTROL_RING, shards)?;

@@ -104,21 +104,33 @@ pub struct ChannelOptions {
     /// it also gets write access to the `.readers` file, which readers need
     /// to register.
     pub mode: u32,
-    /// Opt-in (0, the default, is off): while every registered reader keeps
-    /// up (is less than half of it behind), a writer starts over at the
-    /// beginning of its ring once this many bytes of it are used, so that
-    /// the memory written and read stays in the CPU cache. This helps large
-    /// records a lot (see docs/BENCHMARKS.md). The price: the rest of the
-    /// ring is skipped for that lap, so a reader that stalls right after a
-    /// start-over has about this many bytes of buffer (not the whole ring)
-    /// before a gated reader makes the writer report Full, and a reader
-    /// starting at the oldest record finds about this much history.
+    /// Bytes of ring a writer cycles through while its readers keep up
+    /// ([`DEFAULT_HOT_WINDOW`] by default; 0 = always the whole ring). Once
+    /// this many bytes of a lap are used and every registered reader is
+    /// less than half a window behind, the writer starts over at the
+    /// beginning of the ring, where the memory is still in the CPU cache:
+    /// a ring larger than the cache is otherwise written and read from
+    /// DRAM, which costs large records more than half their throughput
+    /// (docs/BENCHMARKS.md). Only rings larger than the window start over.
+    ///
+    /// Buffering is not reduced: when a registered reader (gated or lossy)
+    /// falls behind, the writer skips ahead into the part of the ring it
+    /// skipped, so a stalled reader still has the whole ring before the
+    /// writer reports Full (gated) or laps it (lossy). What is reduced is
+    /// history: a reader starting at [`crate::StartAt::Oldest`] finds
+    /// about a window of records, not a ring. Unregistered lossy readers
+    /// (no free slot, or foreign readers) are not waited for either way.
     pub hot_window: u64,
 }
 
+/// The default [`ChannelOptions::hot_window`]: within the last-level cache
+/// of the machines this was measured on, together with what the readers
+/// keep in flight.
+pub const DEFAULT_HOT_WINDOW: u64 = 4 << 20;
+
 impl Default for ChannelOptions {
     fn default() -> Self {
-        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600, hot_window: 0 }
+        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600, hot_window: DEFAULT_HOT_WINDOW }
     }
 }
 

@@ -51,6 +51,11 @@ pub struct ShardInfo {
     pub full_count: u64,
     /// Release stores that published a batch.
     pub publish_count: u64,
+    /// Times the writer started over early (`ChannelOptions::hot_window`).
+    pub start_over_count: u64,
+    /// Times the writer skipped ahead into the part of the ring a start-over
+    /// had skipped, because a reader lagged.
+    pub skip_ahead_count: u64,
 }
 
 /// One attached reader.
@@ -95,6 +100,8 @@ pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError
                 bytes_written: c.bytes_written,
                 full_count: c.full_count,
                 publish_count: c.publish_count,
+                start_over_count: c.start_over_count,
+                skip_ahead_count: c.skip_ahead_count,
             }
         })
         .collect();

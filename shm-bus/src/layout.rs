@@ -100,6 +100,10 @@ pub mod shard_header {
     pub const LAST_RECORD_POS: usize = 144;
     pub const FULL_COUNT: usize = 152;
     pub const PUBLISH_COUNT: usize = 160;
+    /// Hot-window start-overs (padding records written to start over early).
+    pub const START_OVER_COUNT: usize = 168;
+    /// Skips ahead into the inside of an earlier start-over's padding.
+    pub const SKIP_AHEAD_COUNT: usize = 176;
     pub const END: usize = 192;
 }
 

@@ -37,7 +37,9 @@ mod reader;
 mod ring;
 
 #[cfg(not(loom))]
-pub use channel::{BUS_ENV, BusDir, ChannelOptions, ChannelState, DEFAULT_BUS_DIR, validate_name};
+pub use channel::{
+    BUS_ENV, BusDir, ChannelOptions, ChannelState, DEFAULT_BUS_DIR, DEFAULT_HOT_WINDOW, validate_name,
+};
 #[cfg(not(loom))]
 pub use error::{AttachError, CreateError, RecvError, ReserveError};
 #[cfg(not(loom))]

@@ -17,12 +17,21 @@ pub fn payload_of(seq: u64) -> u64 {
     seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
 }
 
+/// Bytes of the hot-window model's ring: three one-word records (40 bytes
+/// each) fill the window, the fourth starts over, and the skipped part has
+/// room for two more.
+pub const HOT_CAPACITY: u64 = 256;
+/// The hot-window model's window: the writer starts over at the fourth
+/// record (offset 120) if the reader has read the first two.
+pub const HOT_WINDOW: u64 = 96;
+
 /// A channel with one shard and one reader slot, in loom atomics.
 #[derive(Clone, Debug)]
 pub struct Model {
     shard: ShardMem,
     slots: Slots,
     words: ChannelWords,
+    hot_window: u64,
 }
 
 impl Default for Model {
@@ -33,13 +42,20 @@ impl Default for Model {
 
 impl Model {
     pub fn new() -> Self {
+        Self::with_ring(CAPACITY, 0)
+    }
+
+    /// A ring of `capacity` bytes whose writer has a hot window of
+    /// `hot_window` bytes (0: none).
+    pub fn with_ring(capacity: u64, hot_window: u64) -> Self {
         let slot_size = reader_slot_size(1) as usize;
         let channel = Region::whole(Arena::new(layout::channel_header::END.next_multiple_of(64)));
         let readers = Region::whole(Arena::new(READERS_HEADER_SIZE as usize + slot_size));
         let shard_header = Region::whole(Arena::new(layout::shard_header::END));
-        let data = Region::whole(Arena::new(CAPACITY as usize));
+        let data = Region::whole(Arena::new(capacity as usize));
         Self {
-            shard: ShardMem { header: shard_header, data, capacity: CAPACITY },
+            hot_window,
+            shard: ShardMem { header: shard_header, data, capacity },
             slots: Slots {
                 region: readers.sub(READERS_HEADER_SIZE as usize, slot_size),
                 count: 1,
@@ -57,7 +73,7 @@ impl Model {
             self.words.clone(),
             0,
             |_| false,
-            0,
+            self.hot_window,
         ))
     }
 
@@ -83,6 +99,26 @@ impl Model {
             slot: Some(0),
             slots: self.slots.clone(),
         }
+    }
+
+    /// A lossy reader registered in slot 0, starting at the oldest record:
+    /// the writer never waits for it, but sees its position.
+    pub fn registered_lossy_reader(&self) -> ModelReader {
+        assert!(self.slots.try_claim(0, slot_state::FREE));
+        let start = self.shard.tail_pos();
+        self.slots.fill(0, Default::default(), 0, 0, &[start]);
+        self.slots.activate(0, slot_state::LOSSY, &self.words.readers);
+        ModelReader {
+            cursor: CursorCore::new(self.shard.clone(), start, u64::MAX, false),
+            slot: Some(0),
+            slots: self.slots.clone(),
+        }
+    }
+
+    /// Counters of the shard: (start-overs, skips ahead).
+    pub fn hot_window_counts(&self) -> (u64, u64) {
+        let c = self.shard.counters();
+        (c.start_over_count, c.skip_ahead_count)
     }
 }
 

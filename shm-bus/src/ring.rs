@@ -661,6 +661,8 @@ pub(crate) struct ShardCounters {
     pub(crate) last_record_pos: u64,
     pub(crate) full_count: u64,
     pub(crate) publish_count: u64,
+    pub(crate) start_over_count: u64,
+    pub(crate) skip_ahead_count: u64,
 }
 
 impl ShardMem {
@@ -710,6 +712,8 @@ impl ShardMem {
             last_record_pos: self.header.u64_at(shard_header::LAST_RECORD_POS).load(r),
             full_count: self.header.u64_at(shard_header::FULL_COUNT).load(r),
             publish_count: self.header.u64_at(shard_header::PUBLISH_COUNT).load(r),
+            start_over_count: self.header.u64_at(shard_header::START_OVER_COUNT).load(r),
+            skip_ahead_count: self.header.u64_at(shard_header::SKIP_AHEAD_COUNT).load(r),
         }
     }
 }
@@ -728,6 +732,19 @@ pub(crate) struct Reserved {
 pub(crate) enum NoSpace {
     /// A live gated reader has not released the space yet.
     Gated { reader_pid: u32 },
+}
+
+/// A padding record the writer wrote to start over (or to skip ahead),
+/// whose inside, `header + RECORD_HEADER .. end`, holds nothing any reader
+/// reads. One lap on, the writer may fill that inside without moving the
+/// tail or asking the gates: a reader still behind the padding will read
+/// its header, which stays intact, and jump over the inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Skipped {
+    /// Position of the padding record's header.
+    header: u64,
+    /// Position right after it (a lap end, or where a skip ahead landed).
+    end: u64,
 }
 
 /// The single writer of one shard.
@@ -771,8 +788,18 @@ pub(crate) struct WriterCore {
     /// in cache (0: always use the whole ring).
     hot_window: u64,
     /// Position from which the next such check may happen (one scan of the
-    /// reader slots per `hot_window` bytes written at most).
+    /// reader slots per `hot_window / 8` bytes written at most).
     next_rewind_check: u64,
+    /// A padding record of the previous lap, written to start over or to
+    /// skip ahead, whose inside this lap may reuse (see [`Skipped`]).
+    reusable: Option<Skipped>,
+    /// The newest such padding record of this lap: reusable in the next.
+    skipped: Option<Skipped>,
+    /// Lowest position of the registered readers (gated or lossy) at the
+    /// last scan of the slots: a lower bound, as positions only grow.
+    reader_floor: u64,
+    /// Position from which `reader_floor` counts as stale and is rescanned.
+    next_floor_scan: u64,
     #[cfg(not(loom))]
     last_reap: Option<std::time::Instant>,
 }
@@ -787,7 +814,13 @@ impl WriterCore {
         is_dead: fn(&SlotSnapshot) -> bool,
         hot_window: u64,
     ) -> Self {
-        let reclaim_chunk = (shard.capacity / 16).max(RECORD_HEADER);
+        // With a hot window the tail runs ahead by less: a stalled lossy
+        // reader it passes is lapped, however little was overwritten.
+        let reclaim_chunk = match hot_window {
+            0 => shard.capacity / 16,
+            window => (shard.capacity / 16).min(window / 8),
+        }
+        .max(RECORD_HEADER);
         Self {
             shard,
             slots,
@@ -810,6 +843,10 @@ impl WriterCore {
             is_dead,
             hot_window,
             next_rewind_check: 0,
+            reusable: None,
+            skipped: None,
+            reader_floor: 0,
+            next_floor_scan: 0,
             #[cfg(not(loom))]
             last_reap: None,
         }
@@ -847,36 +884,107 @@ impl WriterCore {
     }
 
     /// Reserves room for a record of up to `max_len` payload bytes. Writes a
-    /// padding record first when the record would otherwise wrap. Never
-    /// blocks: when a gated reader holds the space, returns `NoSpace`.
+    /// padding record first when the record would otherwise wrap, when the
+    /// writer starts over (hot window) or when it skips ahead into the inside
+    /// of an earlier padding record. Never blocks: when a gated reader holds
+    /// the space, returns `NoSpace`.
     pub(crate) fn reserve(&mut self, max_len: u64) -> Result<Reserved, NoSpace> {
         let cap = self.shard.capacity;
         let size = record_size(max_len);
         let mut start = self.pending;
+        let lap = start & !self.shard.mask();
+        if self.skipped.is_some_and(|skipped| skipped.header < lap) {
+            self.reusable = self.skipped.take();
+        }
+        if self.reusable.is_some_and(|reusable| (reusable.header & !self.shard.mask()) + cap != lap) {
+            self.reusable = None; // not the previous lap's
+        }
         let offset = start & self.shard.mask();
         let room = cap - offset;
         let mut pad = if room < size { room } else { 0 };
+        let mut starts_over = false;
         if pad == 0 && self.hot_window != 0 && offset >= self.hot_window && start >= self.next_rewind_check {
             self.next_rewind_check = start + self.hot_window / 8;
             // Readers less than half a window behind have read the start of
             // this lap, which the next records would overwrite.
-            if self.readers_past(start - self.hot_window / 2) {
+            if self.scan_reader_floor() >= start - self.hot_window / 2 {
                 pad = room; // start over at offset 0, where the memory is still hot
+                starts_over = true;
             }
         }
+        if pad == 0
+            && let Some(reserved) = self.skip_ahead(start, size, max_len)
+        {
+            return Ok(reserved);
+        }
         let end = start + pad + size;
+        if self.reusable.is_some_and(|reusable| {
+            start < reusable.header + RECORD_HEADER + cap && end > reusable.header + cap
+        }) {
+            // This record overwrites the header of the reusable padding:
+            // its inside can no longer be told apart from the records
+            // around it.
+            self.reusable = None;
+        }
         let target = end.saturating_sub(cap);
-        if target > self.writable_limit {
+        if target > self.writable_limit && !self.overwrites_only_skipped(start, end) {
             self.make_writable(target)?;
         }
         if pad != 0 {
             if pad >= RECORD_HEADER {
                 self.write_header(start, pad - RECORD_HEADER, KIND_PADDING, self.next_seq, 0);
             }
+            if starts_over {
+                self.skipped = Some(Skipped { header: start, end: start + pad });
+                self.count(shard_header::START_OVER_COUNT);
+            }
             start += pad;
             self.pending = start;
         }
         Ok(Reserved { pos: start, max_len })
+    }
+
+    /// Whether writing ring positions `start..end` overwrites nothing but the
+    /// inside of the skipped padding record, one lap earlier: bytes no reader
+    /// reads, so neither the tail nor the gates need to pass them.
+    fn overwrites_only_skipped(&self, start: u64, end: u64) -> bool {
+        let cap = self.shard.capacity;
+        self.reusable.is_some_and(|reusable| {
+            start >= reusable.header + RECORD_HEADER + cap && end <= reusable.end + cap
+        })
+    }
+
+    /// Skips ahead into the inside of the skipped padding record, one lap
+    /// on, when the record at `start` would overwrite what a registered
+    /// reader has not read: the rest of the ring buffers for that reader as
+    /// if the writer had never started over. The jump is itself a padding
+    /// record from `start` to the inside; readers skip it like any other.
+    ///
+    /// A jump needs room for its own header at `start`, which the previous
+    /// record made sure of: while a jump is possible, every record checks
+    /// the readers for its end plus one header.
+    fn skip_ahead(&mut self, start: u64, size: u64, max_len: u64) -> Option<Reserved> {
+        let cap = self.shard.capacity;
+        let reusable = self.reusable?;
+        let to = reusable.header + RECORD_HEADER + cap;
+        if start + RECORD_HEADER > reusable.header + cap {
+            return None; // no room for a jump before the padding's header (or inside already)
+        }
+        if to + size > reusable.end + cap {
+            return None; // the record does not fit inside
+        }
+        if self.reader_floor_at_least((start + size + RECORD_HEADER).saturating_sub(cap)) {
+            return None; // the readers keep up: no need
+        }
+        let header_target = (start + RECORD_HEADER).saturating_sub(cap);
+        if header_target > self.writable_limit && self.make_writable(header_target).is_err() {
+            return None;
+        }
+        self.write_header(start, to - start - RECORD_HEADER, KIND_PADDING, self.next_seq, 0);
+        self.skipped = Some(Skipped { header: start, end: to });
+        self.pending = to;
+        self.count(shard_header::SKIP_AHEAD_COUNT);
+        Some(Reserved { pos: to, max_len })
     }
 
     fn write_header(&self, pos: u64, len: u64, kind: u16, seq: u64, timestamp_ns: u64) {
@@ -1033,9 +1141,11 @@ impl WriterCore {
         // - exclusive: this is the shard's only writer (one `WriterCore` per
         //   shard, handed out once), `&mut self` allows one reservation at a
         //   time, and `reserve` made sure that no gated reader still holds
-        //   this space and that the tail has moved past it, so no reader may
-        //   legitimately read it until it is published (lossy readers that
-        //   lag detect the overwrite at sync point V).
+        //   this space and that the tail has moved past it, or that it
+        //   overwrites only the inside of a padding record (`Skipped`),
+        //   which no reader reads; so no reader may legitimately read it
+        //   until it is published (lossy readers that lag detect the
+        //   overwrite at sync point V).
         unsafe {
             std::slice::from_raw_parts_mut(region.map.raw.as_mut_ptr().add(region.offset + off as usize), len)
         }
@@ -1054,12 +1164,17 @@ impl WriterCore {
     fn refuse(&mut self) -> NoSpace {
         if !self.full {
             self.full = true;
-            let w = self.shard.header.u64_at(shard_header::FULL_COUNT);
-            // Relaxed: a statistic with a single writer.
-            w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            self.count(shard_header::FULL_COUNT);
         }
         self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
         NoSpace::Gated { reader_pid: self.gate_holder }
+    }
+
+    /// Bumps the shard-header statistic at `offset`.
+    fn count(&self, offset: usize) {
+        let w = self.shard.header.u64_at(offset);
+        // Relaxed: a statistic with a single writer.
+        w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// While full: whether the reader that blocked us last time still holds
@@ -1071,17 +1186,35 @@ impl WriterCore {
             && self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) < target
     }
 
-    /// Whether every registered reader, gated or lossy, has read this shard
-    /// up to `pos`. (Only a hint for starting over early: gates and the tail
-    /// still protect whatever a reader has not read.)
-    fn readers_past(&self, pos: u64) -> bool {
-        (0..self.slots.count).all(|slot| {
-            // Acquire: as in `scan_gates` (pairs with the readers' Release
-            // `release` stores, sync point G).
-            let state = self.slots.state_word(slot).load(Ordering::Acquire);
-            state != slot_state::GATED && state != slot_state::LOSSY
-                || self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) >= pos
-        })
+    /// Rescans the registered readers, gated or lossy, and returns the
+    /// lowest position any of them has read this shard up to (`u64::MAX`
+    /// without readers). Only a hint for starting over and skipping ahead:
+    /// gates and the tail still protect whatever a reader has not read.
+    fn scan_reader_floor(&mut self) -> u64 {
+        let floor = (0..self.slots.count)
+            .filter(|&slot| {
+                // Acquire: as in `scan_gates` (pairs with the Release state
+                // store in `activate`).
+                let state = self.slots.state_word(slot).load(Ordering::Acquire);
+                state == slot_state::GATED || state == slot_state::LOSSY
+            })
+            // Acquire: pairs with the readers' Release `release` stores
+            // (sync point G).
+            .map(|slot| self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.reader_floor = floor;
+        self.next_floor_scan = self.pending + self.reclaim_chunk;
+        floor
+    }
+
+    /// Whether every registered reader has read this shard up to `pos`, from
+    /// the last scan while it suffices and is recent.
+    fn reader_floor_at_least(&mut self, pos: u64) -> bool {
+        if self.reader_floor >= pos && self.pending < self.next_floor_scan {
+            return true;
+        }
+        self.scan_reader_floor() >= pos
     }
 
     /// Rescans the gated readers' positions for this shard.
@@ -1174,7 +1307,12 @@ impl WriterCore {
         while tail < target {
             tail = self.next_boundary(tail);
         }
-        let soft = (target + self.reclaim_chunk).min(self.gate_limit).min(self.published);
+        let mut soft = (target + self.reclaim_chunk).min(self.gate_limit).min(self.published);
+        if self.reusable.is_some() || self.skipped.is_some() {
+            // Not past a registered lossy reader either while the writer may
+            // still skip ahead for it: passing it would lap it.
+            soft = soft.min(self.reader_floor.max(target));
+        }
         loop {
             let next = self.next_boundary(tail);
             if next > soft {

@@ -2,7 +2,7 @@
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p shm-bus --test loom --release`
 #![cfg(loom)]
 
-use shm_bus::loom_model::Model;
+use shm_bus::loom_model::{HOT_CAPACITY, HOT_WINDOW, Model, ModelReader, ModelWriter};
 
 /// A lossy reader racing a writer that laps it: every record it accepts is
 /// intact, sequence numbers only go up, and seen + lost adds up.
@@ -105,5 +105,80 @@ fn gated_reader_is_lossless() {
             next += 1;
         }
         assert_eq!(next, sent);
+    });
+}
+
+/// Reads the first two records as they come, then has the writer write the
+/// third and start over with the fourth: the reader is left behind the
+/// third, in the lap the writer started over from.
+fn start_over_with_reader_behind(model: &Model, reader: &mut ModelReader, writer: &mut ModelWriter) {
+    for seq in 0..2 {
+        assert!(writer.try_send());
+        let got = reader.try_recv().expect("published");
+        assert_eq!((got.seq, got.lost, got.valid), (seq, 0, true));
+    }
+    assert!(writer.try_send());
+    assert!(writer.try_send(), "record 3 starts over");
+    assert_eq!(model.hot_window_counts(), (1, 0));
+}
+
+/// A gated reader that stalls right after a start-over: the writer skips
+/// ahead into the skipped part of the ring instead of stopping after one
+/// more record (the reader holds the previous lap's third), and the
+/// reader, racing it, gets every record intact and in order.
+#[test]
+fn gated_reader_behind_a_start_over_keeps_the_skipped_ring() {
+    loom::model(|| {
+        let model = Model::with_ring(HOT_CAPACITY, HOT_WINDOW);
+        let mut reader = model.gated_reader();
+        let mut writer = model.writer();
+        start_over_with_reader_behind(&model, &mut reader, &mut writer);
+        let t = loom::thread::spawn(move || (0..2).filter(|_| writer.try_send()).count());
+        let mut next = 2;
+        for _ in 0..3 {
+            if let Some(g) = reader.try_recv() {
+                assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
+                next += 1;
+            }
+        }
+        let sent = t.join().unwrap();
+        assert_eq!(sent, 2, "the ring had room for two more records");
+        while let Some(g) = reader.try_recv() {
+            assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
+            next += 1;
+        }
+        assert_eq!(next, 6);
+    });
+}
+
+/// The same with a registered lossy reader: the writer never waits for it,
+/// but skips ahead rather than lapping it, and every record it accepts is
+/// intact (the writer fills the inside of the padding the reader has yet
+/// to read the header of).
+#[test]
+fn lossy_reader_behind_a_start_over_is_not_lapped_within_a_ring() {
+    loom::model(|| {
+        let model = Model::with_ring(HOT_CAPACITY, HOT_WINDOW);
+        let mut reader = model.registered_lossy_reader();
+        let mut writer = model.writer();
+        start_over_with_reader_behind(&model, &mut reader, &mut writer);
+        let t = loom::thread::spawn(move || {
+            for _ in 0..2 {
+                assert!(writer.try_send(), "no gated reader: never full");
+            }
+        });
+        let mut next = 2;
+        for _ in 0..3 {
+            if let Some(g) = reader.try_recv() {
+                assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
+                next += 1;
+            }
+        }
+        t.join().unwrap();
+        while let Some(g) = reader.try_recv() {
+            assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
+            next += 1;
+        }
+        assert_eq!(next, 6);
     });
 }

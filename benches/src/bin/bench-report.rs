@@ -201,7 +201,7 @@ fn throughput_tables(out: &mut String, runs: &ThroughputRuns) -> Result<(), Box<
             out,
             "\nshm-bus variants, apart from the comparison: `batchN` publishes once per N records \
              (iceoryx2 has no counterpart), `ringX` uses a ring of X instead of the equal-depth one, \
-             `hotX` the equal-depth ring with a hot window of X (`ChannelOptions::hot_window`):\n"
+             `whole-ring` the equal-depth ring without a hot window (`ChannelOptions::hot_window` = 0):\n"
         )?;
         writeln!(out, "| Size | Variant | MB/s | / iceoryx2 |")?;
         writeln!(out, "|---|---|---|---|")?;
