@@ -7,6 +7,7 @@
 //! second stamp in its last 8), copies all of it into a loaned slot and
 //! publishes it; the consumer reads both stamps in place.
 
+pub mod futex_floor;
 #[cfg(feature = "peers")]
 pub mod iceoryx;
 pub mod ingest;
@@ -33,15 +34,23 @@ pub enum Transport {
     ShmBus,
     #[serde(rename = "iceoryx2")]
     Iceoryx2,
+    /// Not a transport: the machine's floor for waking blocked readers
+    /// ([`futex_floor`]), measured beside the two in the fan-out benchmark.
+    #[serde(rename = "futex-floor")]
+    FutexFloor,
 }
 
 impl Transport {
+    /// The transports compared.
     pub const ALL: [Transport; 2] = [Transport::ShmBus, Transport::Iceoryx2];
+    /// What the fan-out benchmark measures: the transports and the floor.
+    pub const FANOUT: [Transport; 3] = [Transport::ShmBus, Transport::Iceoryx2, Transport::FutexFloor];
 
     pub fn name(self) -> &'static str {
         match self {
             Transport::ShmBus => "shm-bus",
             Transport::Iceoryx2 => "iceoryx2",
+            Transport::FutexFloor => "futex floor",
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shm_bus::BusDir;
 
+use crate::futex_floor::{FloorConsumer, FloorPublisher};
 use crate::iceoryx::{IoxConsumer, IoxPublisher};
 use crate::results::{LatencySummary, Mode, OneWay, OneWayRun};
 use crate::shm::{PrivateBus, ShmConsumer, ShmPublisher, ring_capacity};
@@ -32,6 +33,7 @@ pub const READY: &str = "ready";
 pub enum Endpoint {
     ShmBus { bus: PathBuf, channel: String },
     Iceoryx2 { service: String },
+    FutexFloor { path: PathBuf },
 }
 
 /// What a `bench-peer` process is told.
@@ -57,6 +59,10 @@ pub fn run(peer_exe: &Path, cfg: &OneWay) -> Result<OneWayRun, Box<dyn Error>> {
             let service = crate::iceoryx::unique_service_name("one-way");
             let publisher = IoxPublisher::create(&service, cfg.size, cfg.readers, blocking)?;
             (Box::new(publisher), Endpoint::Iceoryx2 { service })
+        }
+        Transport::FutexFloor => {
+            let path = bus.path().join("futex-floor");
+            (Box::new(FloorPublisher::create(&path)?), Endpoint::FutexFloor { path })
         }
     };
     let args = PeerArgs { endpoint, setup: *cfg };
@@ -162,6 +168,7 @@ pub fn serve(args: &PeerArgs) -> Result<(), Box<dyn Error>> {
         Endpoint::Iceoryx2 { service } => {
             Box::new(IoxConsumer::open(service, setup.size, setup.readers, blocking)?)
         }
+        Endpoint::FutexFloor { path } => Box::new(FloorConsumer::open(path)?),
     };
     println!("{READY}");
     let mut tally = Tally { warmup: setup.warmup, next_seq: 0, latencies: Vec::with_capacity(setup.samples) };

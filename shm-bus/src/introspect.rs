@@ -69,7 +69,9 @@ pub struct ReaderInfo {
     pub lost: u64,
     /// Records published but not yet read, over all shards.
     pub lag_records: u64,
-    /// Bytes of ring between the reader and the producer, over all shards.
+    /// Ring positions between the reader and the producer, over all shards:
+    /// an upper bound on the bytes to read, as it counts padding too (after
+    /// a start-over, most of a lap).
     pub lag_bytes: u64,
     /// Nanoseconds since the reader last showed a sign of life.
     pub heartbeat_age_ns: u64,

@@ -45,6 +45,18 @@
 //! `SeqCst` accesses: the guarantee is the same, and loom models fences
 //! exactly but treats `SeqCst` accesses as `AcqRel`.)
 //!
+//! A ring larger than the CPU cache is written and read from DRAM. With a
+//! hot window the writer cycles through the start of the ring while its
+//! registered readers keep up: it *starts over* early with a padding record
+//! that covers the rest of the lap. Readers jump over a padding record by
+//! its header and never read its inside, so one lap later the writer may
+//! fill that inside without moving the tail or asking the gates, as long as
+//! the header stays intact. When a registered reader falls behind, the
+//! writer *skips ahead* into it (another padding record, from where it is
+//! to the inside), so a reader that stalls right after a start-over still
+//! has the whole ring as buffer. This is all writer policy ([`Skipped`]):
+//! readers see only padding records.
+//!
 //! Readers that want to sleep use a futex on the channel's `notify` word: a
 //! waiter reads `notify`, bumps the `waiters` count, re-checks for data, and
 //! sleeps only if `notify` is unchanged. The writer, after publishing, loads

@@ -226,6 +226,81 @@ fn python_reader_matches_every_retained_payload() {
     assert_eq!(info.shards[0].tail_pos, 0);
 }
 
+/// A writer with a hot window starts over and, for a gated reader that
+/// stalls, skips ahead into the part of the ring it skipped: padding
+/// records in mid-ring and records written inside an earlier padding. The
+/// independent reader, written from FORMAT.md alone, reads the retained
+/// records exactly as the crate's own reader does.
+#[test]
+fn python_reader_reads_a_ring_a_writer_started_over_and_skipped_ahead_in() {
+    use shm_bus::{Event, Reader, ReaderOptions, ReserveError, StartAt};
+    let (_dir, bus) = bus();
+    let cap: u64 = 64 << 10;
+    let opts = ChannelOptions { capacity: cap, hot_window: 8 << 10, ..ChannelOptions::default() };
+    // The gated reader stalls at a different point of the writer's cycle in
+    // each phase; not every point needs a skip ahead.
+    let name = (0..16)
+        .map(|phase| {
+            let name = format!("py/hot{phase}");
+            let producer = Producer::create(&bus, &name, opts).unwrap();
+            let mut writer = producer.shard(0).unwrap();
+            let mut gated = Reader::attach(&bus, &name, ReaderOptions::gated()).unwrap();
+            let mut seq = 0;
+            let send = |writer: &mut shm_bus::ShardWriter, seq: &mut u64| {
+                let len = 200 + (*seq * 7919 % 1500) as usize;
+                let sent = writer.write((*seq % 7) as u16, &payload(0, *seq, len));
+                if sent.is_ok() {
+                    *seq += 1;
+                }
+                sent
+            };
+            for _ in 0..100 + phase {
+                send(&mut writer, &mut seq).unwrap();
+                writer.publish();
+                assert!(matches!(gated.try_recv(), Ok(Some(Event::Record(_)))));
+            }
+            loop {
+                match send(&mut writer, &mut seq) {
+                    Ok(_) => {}
+                    Err(ReserveError::Full { .. }) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            drop(writer);
+            drop(producer); // ENDED
+            let shard = channel_info(&bus, &name).unwrap().shards[0];
+            (name, shard)
+        })
+        .find(|(_, shard)| shard.skip_ahead_count > 0 && shard.start_over_count > 0)
+        .map(|(name, _)| name)
+        .expect("no phase made the writer skip ahead");
+
+    // What the crate's reader retains, from the oldest record on.
+    let mut rust = Reader::attach(&bus, &name, ReaderOptions::lossy().start(StartAt::Oldest)).unwrap();
+    let (mut records, mut bytes, mut first, mut last) = (0u64, 0u64, None, 0);
+    let mut h = Sha256::new();
+    while let Some(Event::Record(sample)) = rust.try_recv().unwrap() {
+        assert_eq!(sample.payload(), payload(0, sample.seq(), sample.payload().len()));
+        assert_eq!(sample.lost_before(), 0);
+        h.update(sample.payload());
+        records += 1;
+        bytes += sample.payload().len() as u64;
+        first.get_or_insert(sample.seq());
+        last = sample.seq();
+    }
+    assert!(records > 40, "{records} records retained");
+
+    let out = run_python(&bus, &name, &["--sha256"]);
+    let lines = stdout_lines(&out);
+    let line = lines.iter().find(|l| l.starts_with("{\"shard\":")).expect("a shard line");
+    assert_eq!(field_u64(line, "records"), records, "{line}");
+    assert_eq!(field_u64(line, "bytes"), bytes, "{line}");
+    assert_eq!(field_u64(line, "lost"), 0, "{line}");
+    assert_eq!(field_u64(line, "first_seq"), first.unwrap(), "{line}");
+    assert_eq!(field_u64(line, "last_seq"), last, "{line}");
+    assert_eq!(field(line, "sha256"), hex(&h.finalize()), "{line}");
+}
+
 #[test]
 fn python_reader_prints_records_merged_by_timestamp() {
     let (_dir, bus) = bus();

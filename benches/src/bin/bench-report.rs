@@ -307,7 +307,7 @@ fn fanout_table(out: &mut String, runs: &[OneWayRun]) -> Result<(), Box<dyn Erro
     )?;
     writeln!(out, "|---|---|---|---|---|---|---|---|")?;
     let most = distinct(runs, |r| r.setup.readers).into_iter().max().unwrap_or(1);
-    for transport in Transport::ALL {
+    for transport in Transport::FANOUT {
         // The worst p50s of the runs with the fewest readers (one), which
         // `distinct` lists first.
         let mut fewest_readers_p50: Option<Vec<f64>> = None;
