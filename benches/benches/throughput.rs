@@ -5,7 +5,7 @@
 //! the first publish until the consumer has read the last one, so one
 //! criterion iteration is one record.
 //!
-//! shm-bus runs with its default options (a hot window of 4 MiB) on a ring
+//! shm-bus runs with its default options (a hot window of 2 MiB) on a ring
 //! of iceoryx2's queue depth. Variants reported apart from the comparison:
 //! `shm-bus-batch16` publishes once per 16 records (iceoryx2 has no
 //! counterpart), and where the equal-depth ring is larger than 4 MiB,

@@ -111,7 +111,9 @@ pub struct ChannelOptions {
     /// beginning of the ring, where the memory is still in the CPU cache:
     /// a ring larger than the cache is otherwise written and read from
     /// DRAM, which costs large records more than half their throughput
-    /// (docs/BENCHMARKS.md). Only rings larger than the window start over.
+    /// (docs/BENCHMARKS.md). Only rings larger than the window start over;
+    /// the window is at least four times the record being reserved, so
+    /// that a reader a record or two behind still counts as keeping up.
     ///
     /// Buffering is not reduced: when a registered reader (gated or lossy)
     /// falls behind, the writer skips ahead into the part of the ring it
@@ -123,10 +125,12 @@ pub struct ChannelOptions {
     pub hot_window: u64,
 }
 
-/// The default [`ChannelOptions::hot_window`]: within the last-level cache
-/// of the machines this was measured on, together with what the readers
-/// keep in flight.
-pub const DEFAULT_HOT_WINDOW: u64 = 4 << 20;
+/// The default [`ChannelOptions::hot_window`]. Measured on a machine with
+/// 1 MiB of L2 per core and 32 MiB of L3 (docs/BENCHMARKS.md): 4 MiB moved
+/// as much but gave 64 KiB records 1.3x iceoryx2's latency, 2 MiB 1x; 1 and
+/// 2 MiB moved the same. Larger than a core's L2, so that a line the reader
+/// core read has left its cache by the time the writer reuses it.
+pub const DEFAULT_HOT_WINDOW: u64 = 2 << 20;
 
 impl Default for ChannelOptions {
     fn default() -> Self {

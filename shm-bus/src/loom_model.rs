@@ -17,13 +17,14 @@ pub fn payload_of(seq: u64) -> u64 {
     seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
 }
 
-/// Bytes of the hot-window model's ring: three one-word records (40 bytes
-/// each) fill the window, the fourth starts over, and the skipped part has
-/// room for two more.
-pub const HOT_CAPACITY: u64 = 256;
-/// The hot-window model's window: the writer starts over at the fourth
-/// record (offset 120) if the reader has read the first two.
-pub const HOT_WINDOW: u64 = 96;
+/// Bytes of the hot-window model's ring: four one-word records (40 bytes
+/// each) fill the window, the fifth starts over, and the skipped part has
+/// room for eight more.
+pub const HOT_CAPACITY: u64 = 512;
+/// The hot-window model's window (four records, the least a window is):
+/// the writer starts over at the fifth record (offset 160) if the reader
+/// has read the first two.
+pub const HOT_WINDOW: u64 = 160;
 
 /// A channel with one shard and one reader slot, in loom atomics.
 #[derive(Clone, Debug)]

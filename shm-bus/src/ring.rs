@@ -915,11 +915,14 @@ impl WriterCore {
         let room = cap - offset;
         let mut pad = if room < size { room } else { 0 };
         let mut starts_over = false;
-        if pad == 0 && self.hot_window != 0 && offset >= self.hot_window && start >= self.next_rewind_check {
-            self.next_rewind_check = start + self.hot_window / 8;
+        // At least four records: a reader a record or two behind still counts
+        // as keeping up.
+        let window = self.hot_window.max(4 * size);
+        if pad == 0 && self.hot_window != 0 && offset >= window && start >= self.next_rewind_check {
+            self.next_rewind_check = start + window / 8;
             // Readers less than half a window behind have read the start of
             // this lap, which the next records would overwrite.
-            if self.scan_reader_floor() >= start - self.hot_window / 2 {
+            if self.scan_reader_floor() >= start - window / 2 {
                 pad = room; // start over at offset 0, where the memory is still hot
                 starts_over = true;
             }

@@ -108,17 +108,17 @@ fn gated_reader_is_lossless() {
     });
 }
 
-/// Reads the first two records as they come, then has the writer write the
-/// third and start over with the fourth: the reader is left behind the
-/// third, in the lap the writer started over from.
+/// Reads the first two records as they come, then has the writer write two
+/// more and start over with the fifth: the reader is left behind the third,
+/// in the lap the writer started over from.
 fn start_over_with_reader_behind(model: &Model, reader: &mut ModelReader, writer: &mut ModelWriter) {
     for seq in 0..2 {
         assert!(writer.try_send());
         let got = reader.try_recv().expect("published");
         assert_eq!((got.seq, got.lost, got.valid), (seq, 0, true));
     }
-    assert!(writer.try_send());
-    assert!(writer.try_send(), "record 3 starts over");
+    assert!(writer.try_send() && writer.try_send());
+    assert!(writer.try_send(), "record 4 starts over");
     assert_eq!(model.hot_window_counts(), (1, 0));
 }
 
@@ -147,7 +147,7 @@ fn gated_reader_behind_a_start_over_keeps_the_skipped_ring() {
             assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
             next += 1;
         }
-        assert_eq!(next, 6);
+        assert_eq!(next, 7);
     });
 }
 
@@ -179,6 +179,6 @@ fn lossy_reader_behind_a_start_over_is_not_lapped_within_a_ring() {
             assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
             next += 1;
         }
-        assert_eq!(next, 6);
+        assert_eq!(next, 7);
     });
 }
