@@ -104,8 +104,10 @@ impl Publish for FloorPublisher {
         self.shared.published().store(stamps.head + 1, Ordering::Release);
         // Release: orders the count before the bump a waiter compares.
         self.shared.word().fetch_add(1, Ordering::Release);
-        // Waking nobody is not an error; other errors cannot be helped here.
-        let _ = futex::wake(self.shared.word(), futex::Flags::empty(), u32::MAX);
+        // All waiters: the kernel reads the count as an int, so `u32::MAX`
+        // (-1) would wake one. Waking nobody is not an error; other errors
+        // cannot be helped here.
+        let _ = futex::wake(self.shared.word(), futex::Flags::empty(), i32::MAX as u32);
     }
 }
 
@@ -114,12 +116,14 @@ impl Publish for FloorPublisher {
 pub struct FloorConsumer {
     shared: Shared,
     next: u64,
+    /// Longest single sleep before the reader checks again on its own.
+    wait_slice: Duration,
 }
 
 impl FloorConsumer {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Self { shared: Shared::map(&file)?, next: 0 })
+        Ok(Self { shared: Shared::map(&file)?, next: 0, wait_slice: WAIT_SLICE })
     }
 
     fn take(&mut self, until: u64, on_record: &mut dyn FnMut(Stamps)) {
@@ -154,10 +158,10 @@ impl Consume for FloorConsumer {
             if published > self.next {
                 return self.take(published, on_record);
             }
-            assert!(started.elapsed() < STALL_TIMEOUT, "futex floor: no record for {STALL_TIMEOUT:?}");
+            assert!(started.elapsed() < STALL_TIMEOUT.max(self.wait_slice), "futex floor: no record");
             let timeout = rustix::fs::Timespec {
-                tv_sec: WAIT_SLICE.as_secs() as _,
-                tv_nsec: WAIT_SLICE.subsec_nanos() as _,
+                tv_sec: self.wait_slice.as_secs() as _,
+                tv_nsec: self.wait_slice.subsec_nanos() as _,
             };
             // EAGAIN (the word moved on), EINTR and ETIMEDOUT: check again.
             let _ = futex::wait(self.shared.word(), futex::Flags::empty(), seen, Some(&timeout));
@@ -195,5 +199,34 @@ mod tests {
         let got = reader.join().unwrap();
         let expected: Vec<Stamps> = (0..RECORDS).map(|seq| Stamps { head: seq, tail: seq * 3 }).collect();
         assert_eq!(got, expected);
+    }
+
+    /// One publish wakes every sleeping reader, not one of them: with a
+    /// minute between the readers' own re-checks, only the wake-up can get
+    /// all of them out of their sleep within the test.
+    #[test]
+    fn one_publish_wakes_every_sleeping_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("floor");
+        let mut publisher = FloorPublisher::create(&path).unwrap();
+        let (done, woken) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let mut consumer = FloorConsumer::open(&path).unwrap();
+            consumer.wait_slice = Duration::from_secs(60);
+            let done = done.clone();
+            std::thread::spawn(move || {
+                consumer.drain_blocking(&mut |_| {});
+                done.send(()).unwrap();
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200)); // all four asleep
+        let mut record = crate::record_template(64);
+        Stamps { head: 0, tail: 0 }.write(&mut record);
+        publisher.publish(&record);
+        for reader in 0..4 {
+            woken
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("reader {reader} slept on"));
+        }
     }
 }
