@@ -71,6 +71,21 @@ fn gated_registration_races_reclaim() {
     });
 }
 
+/// Reads records, each of which must be `next` (then the one after), intact
+/// and with nothing lost: `tries` attempts, or until none is published.
+fn take_in_order(reader: &mut ModelReader, next: &mut u64, tries: Option<usize>) {
+    for _ in 0..tries.unwrap_or(usize::MAX) {
+        match reader.try_recv() {
+            Some(g) => {
+                assert_eq!((g.seq, g.lost, g.valid), (*next, 0, true));
+                *next += 1;
+            }
+            None if tries.is_none() => return,
+            None => {}
+        }
+    }
+}
+
 /// A gated reader registered from the start keeps the writer from lapping
 /// it: the writer reports full, and the reader gets every record in order.
 #[test]
@@ -93,17 +108,9 @@ fn gated_reader_is_lossless() {
             sent
         });
         let mut next = 0;
-        for _ in 0..4 {
-            if let Some(g) = reader.try_recv() {
-                assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
-                next += 1;
-            }
-        }
+        take_in_order(&mut reader, &mut next, Some(4));
         let sent = t.join().unwrap();
-        while let Some(g) = reader.try_recv() {
-            assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
-            next += 1;
-        }
+        take_in_order(&mut reader, &mut next, None);
         assert_eq!(next, sent);
     });
 }
@@ -135,18 +142,10 @@ fn gated_reader_behind_a_start_over_keeps_the_skipped_ring() {
         start_over_with_reader_behind(&model, &mut reader, &mut writer);
         let t = loom::thread::spawn(move || (0..2).filter(|_| writer.try_send()).count());
         let mut next = 2;
-        for _ in 0..3 {
-            if let Some(g) = reader.try_recv() {
-                assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
-                next += 1;
-            }
-        }
+        take_in_order(&mut reader, &mut next, Some(3));
         let sent = t.join().unwrap();
         assert_eq!(sent, 2, "the ring had room for two more records");
-        while let Some(g) = reader.try_recv() {
-            assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
-            next += 1;
-        }
+        take_in_order(&mut reader, &mut next, None);
         assert_eq!(next, 7);
     });
 }
@@ -168,17 +167,9 @@ fn lossy_reader_behind_a_start_over_is_not_lapped_within_a_ring() {
             }
         });
         let mut next = 2;
-        for _ in 0..3 {
-            if let Some(g) = reader.try_recv() {
-                assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
-                next += 1;
-            }
-        }
+        take_in_order(&mut reader, &mut next, Some(3));
         t.join().unwrap();
-        while let Some(g) = reader.try_recv() {
-            assert_eq!((g.seq, g.lost, g.valid), (next, 0, true));
-            next += 1;
-        }
+        take_in_order(&mut reader, &mut next, None);
         assert_eq!(next, 7);
     });
 }
