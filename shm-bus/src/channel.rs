@@ -125,11 +125,11 @@ pub struct ChannelOptions {
     pub hot_window: u64,
 }
 
-/// The default [`ChannelOptions::hot_window`]. Measured on a machine with
-/// 1 MiB of L2 per core and 32 MiB of L3 (docs/BENCHMARKS.md): 4 MiB moved
-/// as much but gave 64 KiB records 1.3x iceoryx2's latency, 2 MiB 1x; 1 and
-/// 2 MiB moved the same. Larger than a core's L2, so that a line the reader
-/// core read has left its cache by the time the writer reuses it.
+/// The default [`ChannelOptions::hot_window`], chosen by measurement on a
+/// machine with 1 MiB of L2 per core and 32 MiB of L3 (docs/BENCHMARKS.md,
+/// three interleaved rounds against iceoryx2): 4 MiB gave 64 KiB records
+/// 1.29x iceoryx2's p50 latency, 2 MiB 0.96x; 1 MiB moved 4 KiB records at
+/// 0.97x iceoryx2's throughput, 2 MiB at 2.14x.
 pub const DEFAULT_HOT_WINDOW: u64 = 2 << 20;
 
 impl Default for ChannelOptions {

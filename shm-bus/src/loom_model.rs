@@ -90,27 +90,30 @@ impl Model {
     /// A gated reader registering in slot 0 (racing the writer), starting
     /// at the oldest record.
     pub fn gated_reader(&self) -> ModelReader {
-        assert!(self.slots.try_claim(0, slot_state::FREE));
-        let start = self.shard.tail_pos();
-        self.slots.fill(0, Default::default(), 0, 0, &[start]);
-        self.slots.activate(0, slot_state::GATED, &self.words.readers);
+        self.register(slot_state::GATED);
         let start = self.slots.settle_gated_start(0, 0, &self.shard);
-        ModelReader {
-            cursor: CursorCore::new(self.shard.clone(), start, u64::MAX, true),
-            slot: Some(0),
-            slots: self.slots.clone(),
-        }
+        self.reader_in_slot(start, true)
     }
 
     /// A lossy reader registered in slot 0, starting at the oldest record:
     /// the writer never waits for it, but sees its position.
     pub fn registered_lossy_reader(&self) -> ModelReader {
+        let start = self.register(slot_state::LOSSY);
+        self.reader_in_slot(start, false)
+    }
+
+    /// Takes slot 0 as `state` at the oldest record; returns that position.
+    fn register(&self, state: u32) -> u64 {
         assert!(self.slots.try_claim(0, slot_state::FREE));
         let start = self.shard.tail_pos();
         self.slots.fill(0, Default::default(), 0, 0, &[start]);
-        self.slots.activate(0, slot_state::LOSSY, &self.words.readers);
+        self.slots.activate(0, state, &self.words.readers);
+        start
+    }
+
+    fn reader_in_slot(&self, start: u64, gated: bool) -> ModelReader {
         ModelReader {
-            cursor: CursorCore::new(self.shard.clone(), start, u64::MAX, false),
+            cursor: CursorCore::new(self.shard.clone(), start, u64::MAX, gated),
             slot: Some(0),
             slots: self.slots.clone(),
         }

@@ -928,7 +928,7 @@ impl WriterCore {
             }
         }
         if pad == 0
-            && let Some(reserved) = self.skip_ahead(start, size, max_len)
+            && let Some(reserved) = self.skip_ahead(start, size, max_len)?
         {
             return Ok(reserved);
         }
@@ -977,29 +977,30 @@ impl WriterCore {
     ///
     /// A jump needs room for its own header at `start`, which the previous
     /// record made sure of: while a jump is possible, every record checks
-    /// the readers for its end plus one header.
-    fn skip_ahead(&mut self, start: u64, size: u64, max_len: u64) -> Option<Reserved> {
+    /// the readers for its end plus one header. When even that header does
+    /// not fit, neither does the record: `NoSpace`.
+    fn skip_ahead(&mut self, start: u64, size: u64, max_len: u64) -> Result<Option<Reserved>, NoSpace> {
         let cap = self.shard.capacity;
-        let reusable = self.reusable?;
+        let Some(reusable) = self.reusable else { return Ok(None) };
         let to = reusable.header + RECORD_HEADER + cap;
         if start + RECORD_HEADER > reusable.header + cap {
-            return None; // no room for a jump before the padding's header (or inside already)
+            return Ok(None); // no room for a jump before the padding's header (or inside already)
         }
         if to + size > reusable.end + cap {
-            return None; // the record does not fit inside
+            return Ok(None); // the record does not fit inside
         }
         if self.reader_floor_at_least((start + size + RECORD_HEADER).saturating_sub(cap)) {
-            return None; // the readers keep up: no need
+            return Ok(None); // the readers keep up: no need
         }
         let header_target = (start + RECORD_HEADER).saturating_sub(cap);
-        if header_target > self.writable_limit && self.make_writable(header_target).is_err() {
-            return None;
+        if header_target > self.writable_limit {
+            self.make_writable(header_target)?;
         }
         self.write_header(start, to - start - RECORD_HEADER, KIND_PADDING, self.next_seq, 0);
         self.skipped = Some(Skipped { header: start, end: to });
         self.pending = to;
         self.count(shard_header::SKIP_AHEAD_COUNT);
-        Some(Reserved { pos: to, max_len })
+        Ok(Some(Reserved { pos: to, max_len }))
     }
 
     fn write_header(&self, pos: u64, len: u64, kind: u16, seq: u64, timestamp_ns: u64) {
@@ -1224,10 +1225,12 @@ impl WriterCore {
     }
 
     /// Whether every registered reader has read this shard up to `pos`, from
-    /// the last scan while it suffices and is recent.
+    /// the last scan while it suffices and is recent. While full the last
+    /// scan stands: retrying a refused reservation stays cheap (see
+    /// `still_blocked_by_holder`).
     fn reader_floor_at_least(&mut self, pos: u64) -> bool {
-        if self.reader_floor >= pos && self.pending < self.next_floor_scan {
-            return true;
+        if (self.reader_floor >= pos && self.pending < self.next_floor_scan) || self.full {
+            return self.reader_floor >= pos;
         }
         self.scan_reader_floor() >= pos
     }
