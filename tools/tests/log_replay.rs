@@ -136,13 +136,13 @@ fn sha256_hex(data: &[u8]) -> String {
 /// through the summary section, or front to back if `stream`.
 fn mcap_summary(path: &Path, stream: bool) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcap_summary.py");
-    let output = Command::new("python3")
+    let output = common::python_with("mcap")
         .arg(script)
         .arg(path)
         .args(stream.then_some("--stream"))
         .output()
-        .expect("python3 runs");
-    assert!(output.status.success(), "mcap_summary.py (needs `pip install mcap`): {}", text(&output.stderr));
+        .expect("the test Python runs");
+    assert!(output.status.success(), "mcap_summary.py: {}", text(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 

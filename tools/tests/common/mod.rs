@@ -53,6 +53,23 @@ pub fn failure_of(mut command: Command, args: &[&str]) -> (i32, String) {
     (status.code().expect("an exit code, not a signal"), text(&stderr))
 }
 
+/// The Python interpreter of the tests, with `module` importable:
+/// `$RINGEST_TEST_PYTHON` (the virtual environment `scripts/test` makes),
+/// else `python3`. Fails the test in one line naming what is missing and
+/// how to install it.
+pub fn python_with(module: &str) -> Command {
+    let python = std::env::var_os("RINGEST_TEST_PYTHON").unwrap_or_else(|| "python3".into());
+    let shown = Path::new(&python).display().to_string();
+    let probe = Command::new(&python).args(["-c", &format!("import {module}")]).output();
+    match probe {
+        Err(e) => panic!("{shown} cannot run ({e}): run scripts/test (or apt-get install python3)"),
+        Ok(out) if !out.status.success() => {
+            panic!("Python package {module} missing for {shown}: run scripts/test (or pip install {module})")
+        }
+        Ok(_) => Command::new(python),
+    }
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
