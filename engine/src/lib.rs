@@ -52,7 +52,8 @@ use crate::stage::Stage;
 /// Starting or running the engine failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("channel {name}: {source}")]
+    /// Every `CreateError` names the channel (or its file) itself.
+    #[error("{source}")]
     Channel { name: String, source: shm_bus::CreateError },
     #[error("stage {stage}: executor{}: {message}", core.map(|c| format!(" on core {c}")).unwrap_or_default())]
     Executor { stage: String, core: Option<usize>, message: String },

@@ -257,19 +257,18 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
     let size = std::fs::metadata(&options.out).map_or(0, |m| m.len());
     let skipped = match totals.skipped {
         0 => String::new(),
-        n => format!("; skipped {n} undecodable records"),
+        n => format!("; skipped {} undecodable", human::plural(n, "record")),
     };
     println!(
-        "logged {} packets ({} in {} groups) from {} connections and {} event and stats messages into {} ({}); \
-         lost {} records{skipped}; stopped by {stopped_by}",
-        totals.packets,
+        "logged {} ({} in {}) from {} and {} into {} ({}); lost {}{skipped}; stopped by {stopped_by}",
+        human::plural(totals.packets, "packet"),
         human::bytes(totals.bytes as f64),
-        totals.groups,
-        totals.connections,
-        totals.control_messages,
+        human::plural(totals.groups, "group"),
+        human::plural(totals.connections, "connection"),
+        human::plural(totals.control_messages, "event and stats message"),
         options.out.display(),
         human::bytes(size as f64),
-        totals.lost,
+        human::plural(totals.lost, "record"),
     );
     Ok(())
 }

@@ -70,10 +70,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     replay.finish();
     println!(
-        "replayed {} messages ({}) on {} connections in {:.2} s",
-        replay.messages,
+        "replayed {} ({}) on {} in {:.2} s",
+        human::plural(replay.messages, "message"),
         human::bytes(replay.bytes as f64),
-        replay.connections.len(),
+        human::plural(replay.connections.len() as u64, "connection"),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -38,11 +38,11 @@ pub fn run(args: StatsArgs, bus: &BusDir) -> anyhow::Result<()> {
     let mut first = true;
     follow(&mut reader, args.count.map(NonZeroU64::get), |sample| {
         if sample.kind() != records::KIND_SOCKET_STATS {
-            return Ok(false);
+            return Ok(0);
         }
         let decoded = records::decode::<SocketStats>(sample.payload());
         if !sample.is_valid() {
-            return Ok(false); // overwritten while decoding: the next one comes soon
+            return Ok(0); // overwritten while decoding: the next one comes soon
         }
         drop(sample);
         let stats = decoded.context("a socket stats record")?;
@@ -55,7 +55,7 @@ pub fn run(args: StatsArgs, bus: &BusDir) -> anyhow::Result<()> {
             writeln!(out, "{line}")?;
         }
         first = false;
-        Ok(true)
+        Ok(1)
     })
 }
 

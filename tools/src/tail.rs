@@ -19,7 +19,9 @@ use crate::log::json::{self as record_json, reason_name};
 pub struct TailArgs {
     /// The channel, like ingest/packet_group (`ringest ls` lists them).
     channel: String,
-    /// Exits after this many records.
+    /// Exits after printing this many packets, events, statistics or egress
+    /// records (a packet group record prints a line per packet; notices of
+    /// lost records do not count).
     #[arg(long, value_name = "N")]
     count: Option<NonZeroU64>,
     /// Prints JSON lines instead of text.
@@ -46,7 +48,9 @@ pub fn run(args: TailArgs, bus: &BusDir) -> anyhow::Result<()> {
     };
     let mut reader = Reader::attach(bus, &args.channel, ReaderOptions::lossy().start(start))?;
     let mut out = std::io::stdout().lock();
-    follow(&mut reader, args.count.map(NonZeroU64::get), |sample| {
+    let count = args.count.map(NonZeroU64::get);
+    let mut printed = 0;
+    follow(&mut reader, count, |sample| {
         let mut items = Vec::new();
         if sample.lost_before() > 0 {
             items.push(Item::Lost(sample.lost_before()));
@@ -55,11 +59,19 @@ pub fn run(args: TailArgs, bus: &BusDir) -> anyhow::Result<()> {
         // The producer may have overwritten the record while we decoded it.
         items.extend(if sample.is_valid() { decoded } else { vec![Item::Lost(1)] });
         drop(sample);
+        let mut shown = 0;
         for item in &items {
+            if count.is_some_and(|n| printed == n) {
+                break; // the rest of a group past --count
+            }
             let line = if args.json { item.json().to_string() } else { item.text() };
             writeln!(out, "{line}")?;
+            if !matches!(item, Item::Lost(_)) {
+                printed += 1;
+                shown += 1;
+            }
         }
-        Ok(true)
+        Ok(shown)
     })
 }
 

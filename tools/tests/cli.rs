@@ -118,11 +118,11 @@ fn tail_prints_packets_and_events_as_json_lines_and_text() {
     let peer = client.local_addr().unwrap();
     client.write_all(b"hello, tail").unwrap();
     collector.until("the bytes", |c| c.received_from(peer) == b"hello, tail");
-    let records = collector.records.to_string();
+    let packets = collector.packets.to_string();
 
     let json = stdout_of(
         ringest(&t.bus),
-        &["tail", "ingest/packet_group", "--json", "--from", "oldest", "--count", &records],
+        &["tail", "ingest/packet_group", "--json", "--from", "oldest", "--count", &packets],
     );
     let packets: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!packets.is_empty());
@@ -153,6 +153,39 @@ fn tail_prints_packets_and_events_as_json_lines_and_text() {
     let line = text.lines().next().unwrap();
     assert!(line.contains(&format!("conn {}  {peer}", packets[0]["connection_id"])), "{line}");
     assert!(line.contains(&hex(b"hello")), "{line}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn tail_count_counts_the_packets_it_prints() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let mut collector = Collector::attach(&t.bus, "ingest");
+    let addr = daemon.addr("ingest").to_string();
+    // Eight connections at full speed: groups of several packets.
+    let args = ["loadgen", &addr, "--connections", "8", "--size", "100", "--seconds", "20"];
+    let mut loadgen = ringest(&t.bus).args(args).stdout(Stdio::null()).spawn().unwrap();
+    collector.until("groups of several packets", |c| c.packets > c.records + 10);
+    // The lossless collector keeps reading so the engine never stalls.
+    let tail = ringest(&t.bus)
+        .args(["tail", "ingest/packet_group", "--json", "--count", "5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut tail = tail;
+    while tail.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tail did not finish");
+        collector.pump(Duration::from_millis(20));
+    }
+    let output = tail.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let json = text(&output.stdout);
+    let lines: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().all(|l| l["type"] == "packet"), "{json}");
+    assert_eq!(lines.len(), 5, "--count 5 printed {} packets", lines.len());
+    loadgen.kill().unwrap();
+    loadgen.wait().unwrap();
     assert!(daemon.stop().success());
 }
 
@@ -302,6 +335,60 @@ fn bad_input_fails_with_one_line_and_exit_code_1() {
     );
     let missing = assert_fails_with(&["run", "--config", "/nonexistent/ringest.toml"], &["cannot read"]);
     assert_eq!(missing.matches("No such file").count(), 1, "the cause once: {missing}");
+}
+
+#[test]
+fn a_second_engine_on_the_same_channels_names_the_owner_once() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "lidar");
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    config.write_all(server_config("lidar").as_bytes()).unwrap();
+    let (code, stderr) = failure_of(ringest(&t.bus), &["run", "--config", config.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("owned by a live producer (pid {})", daemon.pid())), "{stderr}");
+    assert_eq!(stderr.matches("channel lidar/packet_group").count(), 1, "no stutter: {stderr}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn ls_of_a_missing_bus_directory_fails() {
+    let t = bus();
+    let missing = t.bus.path().join("nothing-here");
+    let (code, stderr) = failure_of(ringest(&t.bus), &["--bus", missing.to_str().unwrap(), "ls"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("bus directory {} does not exist", missing.display())), "{stderr}");
+}
+
+#[test]
+fn ls_prune_removes_ended_and_dead_channels_and_keeps_live_ones() {
+    let t = bus();
+    let options = || shm_bus::ChannelOptions { capacity: 1 << 16, ..Default::default() };
+    let live = shm_bus::Producer::create(&t.bus, "live/data", options()).unwrap();
+    drop(shm_bus::Producer::create(&t.bus, "ended/data", options()).unwrap());
+    let mut crashed = Daemon::server(&t.bus, "crashed");
+    crashed.kill();
+    let mut running = Daemon::server(&t.bus, "running");
+    let files = |name: &str| [t.bus.ring_path(name), t.bus.readers_path(name)];
+    for name in ["live/data", "ended/data", "crashed/packet_group", "running/packet_group"] {
+        assert!(files(name).iter().all(|f| f.exists()), "{name} before the prune");
+    }
+
+    let output = stdout_of(ringest(&t.bus), &["ls", "--prune"]);
+    assert!(output.contains("removed ended/data (ended"), "{output}");
+    assert!(output.contains(&format!("removed crashed/packet_group (producer dead, pid {})", crashed.pid())));
+    assert!(output.contains("pruned 4 channels"), "{output}");
+    for name in ["ended/data", "crashed/packet_group", "crashed/connection_events", "crashed/socket_stats"] {
+        assert!(files(name).iter().all(|f| !f.exists()), "{name} after the prune: {output}");
+    }
+    for name in ["live/data", "running/packet_group", "running/connection_events", "running/socket_stats"] {
+        assert!(files(name).iter().all(|f| f.exists()), "{name} after the prune: {output}");
+    }
+    // What is left works: the live producer writes, the daemon stops cleanly.
+    let mut writer = live.shard(0).unwrap();
+    writer.send(7, b"still here").unwrap();
+    assert!(output.contains("live/data"), "the listing after the prune shows it: {output}");
+    assert!(running.stop().success());
 }
 
 #[test]

@@ -158,6 +158,13 @@ impl Daemon {
         }
     }
 
+    /// Kills it (SIGKILL), as a crash would: its channels stay live with a
+    /// dead producer.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the exit, reading the rest of stdout.
     pub fn stop(&mut self) -> ExitStatus {
         let pid = rustix::process::Pid::from_child(&self.child);
@@ -192,6 +199,8 @@ pub struct Collector {
     /// Bytes by the connection's peer address.
     pub bytes: HashMap<SocketAddr, Vec<u8>>,
     pub records: u64,
+    /// Packets in those records.
+    pub packets: u64,
     pub ended: bool,
 }
 
@@ -199,7 +208,7 @@ impl Collector {
     pub fn attach(bus: &BusDir, stage: &str) -> Self {
         let options = ReaderOptions::gated().start(StartAt::Oldest);
         let reader = Reader::attach(bus, &format!("{stage}/packet_group"), options).unwrap();
-        Self { reader, bytes: HashMap::new(), records: 0, ended: false }
+        Self { reader, bytes: HashMap::new(), records: 0, packets: 0, ended: false }
     }
 
     /// Reads what arrives within `wait`.
@@ -213,6 +222,7 @@ impl Collector {
                     for packet in records::decode_group(sample.payload()).unwrap() {
                         let peer = SocketAddr::from(packet.meta.peer);
                         self.bytes.entry(peer).or_default().extend_from_slice(packet.data);
+                        self.packets += 1;
                     }
                     self.records += 1;
                 }
