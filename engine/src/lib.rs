@@ -20,12 +20,13 @@
 //! - `N/socket_stats`: SocketStats once a second;
 //!
 //! and writes the records any process publishes on `N/egress_packets` to
-//! its connections.
+//! its connections, publishing what became of each on `N/egress_outcomes`.
 
 #![deny(unsafe_code)]
 
 pub mod config;
 mod connection;
+mod egress;
 mod executor;
 mod inbox;
 mod ingest;
@@ -43,7 +44,9 @@ use std::time::Duration;
 
 use shm_bus::BusDir;
 
-pub use stage::{CONNECTION_EVENTS, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name};
+pub use stage::{
+    CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name,
+};
 
 use crate::config::{EngineConfig, TcpClientConfig, TcpServerConfig};
 use crate::records::SocketStats;

@@ -219,8 +219,31 @@ fn send_writes_stdin_to_every_client_or_the_one_named() {
     let second = connection_id(&t.bus, "ingest", clients[1].local_addr().unwrap());
     connection_id(&t.bus, "ingest", clients[0].local_addr().unwrap());
 
-    let send = |input: &[u8], extra: &[&str]| {
-        let mut child = ringest(&t.bus)
+    // The command waits until the clients' sockets took every byte: read
+    // while it runs.
+    let send = |input: &[u8], extra: &[&str]| SendCommand::start(&t.bus, input, extra);
+    // More than one record's worth: it arrives whole and in order.
+    let data = random_bytes(5, 300 << 10);
+    let sending = send(&data, &[]);
+    for client in &mut clients {
+        assert!(read_exactly(client, data.len()) == data, "the bytes differ");
+    }
+    let said = sending.succeeds();
+    assert!(said.starts_with(&format!("sent {} bytes", data.len())), "{said}");
+    assert!(said.ends_with("5 records to every connection of stage ingest: 5 delivered\n"), "{said}");
+    send(b"only you", &["--conn", &second.to_string()]).succeeds();
+    send(b"all again", &[]).succeeds();
+    assert_eq!(read_exactly(&mut clients[1], 17), b"only youall again");
+    assert_eq!(read_exactly(&mut clients[0], 9), b"all again", "targeted bytes went to another client");
+    assert!(daemon.stop().success());
+}
+
+/// `ringest send` running in the background with `input` on its stdin.
+struct SendCommand(std::process::Child);
+
+impl SendCommand {
+    fn start(bus: &BusDir, input: &[u8], extra: &[&str]) -> Self {
+        let mut child = ringest(bus)
             .args(["send", "ingest"])
             .args(extra)
             .stdin(Stdio::piped())
@@ -228,22 +251,89 @@ fn send_writes_stdin_to_every_client_or_the_one_named() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap(); // and close it
-        let output = child.wait_with_output().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        // A pipe holds 64 KiB: write from a thread, and close it at the end.
+        std::thread::spawn(move || stdin.write_all(&input));
+        Self(child)
+    }
+
+    fn output(self) -> std::process::Output {
+        self.0.wait_with_output().unwrap()
+    }
+
+    /// Its stdout, once it succeeded.
+    fn succeeds(self) -> String {
+        let output = self.output();
         assert!(output.status.success(), "{}", text(&output.stderr));
         text(&output.stdout)
-    };
-    // More than one record's worth: it arrives whole and in order.
-    let data = random_bytes(5, 300 << 10);
-    let said = send(&data, &[]);
-    assert!(said.starts_with(&format!("sent {} bytes", data.len())), "{said}");
-    for client in &mut clients {
-        assert!(read_exactly(client, data.len()) == data, "the bytes differ");
     }
-    send(b"only you", &["--conn", &second.to_string()]);
-    send(b"all again", &[]);
-    assert_eq!(read_exactly(&mut clients[1], 17), b"only youall again");
-    assert_eq!(read_exactly(&mut clients[0], 9), b"all again", "targeted bytes went to another client");
+}
+
+/// Reads `stream` after `delay`, until nothing comes for two seconds.
+fn read_late(mut stream: TcpStream, delay: Duration) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut received = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+#[test]
+fn send_reports_every_drop_and_wait_paces_so_every_byte_arrives() {
+    let t = bus();
+    // A small, fixed socket send buffer: what the client has not read
+    // waits in the stage's 1 MiB egress buffer.
+    let config = format!("{}kernel_transmit_buffer_size_b = 65536\n", server_config("ingest"));
+    let mut daemon = Daemon::start(ringest(&t.bus), &config);
+    let data = random_bytes(9, 5 << 20);
+    let digest = |bytes: &[u8]| hex(&Sha256::digest(bytes));
+    for paced in [true, false] {
+        let client = TcpStream::connect(daemon.addr("ingest")).unwrap();
+        let id = connection_id(&t.bus, "ingest", client.local_addr().unwrap()).to_string();
+        // The client reads only after a while, as a busy peer would.
+        let reader = read_late(client, Duration::from_secs(2));
+        let extra: &[&str] = if paced { &["--conn", &id, "--wait"] } else { &["--conn", &id] };
+        let output = SendCommand::start(&t.bus, &data, extra).output();
+        let received = reader.join().unwrap();
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        if paced {
+            assert!(output.status.success(), "--wait: {stderr}");
+            assert!(
+                stdout.ends_with(&format!("connection {id} of stage ingest: 80 delivered\n")),
+                "{stdout}"
+            );
+            assert_eq!(received.len(), data.len(), "--wait: bytes received");
+            assert_eq!(digest(&received), digest(&data), "--wait: sha256 of what arrived");
+        } else {
+            assert_eq!(output.status.code(), Some(1), "without --wait: {stdout} {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains("dropped") && stderr.contains("egress buffer full"), "{stderr}");
+            assert!(received.len() < data.len(), "nothing dropped: {} bytes arrived", received.len());
+        }
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn send_to_a_connection_that_is_not_open_fails() {
+    let t = bus();
+    let mut daemon = Daemon::server(&t.bus, "ingest");
+    let output = SendCommand::start(&t.bus, b"hello", &["--conn", "999"]).output();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("connection 999 of stage ingest is not open"), "{stderr}");
+    let output = SendCommand::start(&t.bus, b"hello", &[]).output();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("stage ingest had no open connection for 1 record"), "{stderr}");
     assert!(daemon.stop().success());
 }
 
