@@ -430,6 +430,135 @@ fn replay_listens_and_keeps_the_pace() {
     assert!(started.elapsed() >= Duration::from_millis(190), "{:?}: too fast", started.elapsed());
 }
 
+/// Writes an MCAP log as `ringest log` would: `connections` connection
+/// topics of stage `ingest`, the (connection, bytes) messages 10 ms apart,
+/// and a `disconnected` event after the last message of each connection in
+/// `ended`.
+fn write_log_with_events(path: &Path, connections: u64, messages: &[(u64, &[u8])], ended: &[u64]) {
+    let mut writer = mcap::Writer::new(std::fs::File::create(path).unwrap()).unwrap();
+    let metadata = BTreeMap::from([("peer".to_owned(), "127.0.0.1:1".to_owned())]);
+    let channels: Vec<u16> = (1..=connections)
+        .map(|id| {
+            let topic = format!("ingest/packet_group/{id}");
+            writer.add_channel(0, &topic, "application/octet-stream", &metadata).unwrap()
+        })
+        .collect();
+    let schema = writer.add_schema("ringest.ConnectionEvent", "jsonschema", b"{}").unwrap();
+    let events = writer.add_channel(schema, "ingest/connection_events", "json", &BTreeMap::new()).unwrap();
+    let mut sequence = 0;
+    let mut write = |writer: &mut mcap::Writer<std::fs::File>, channel_id: u16, data: &[u8]| {
+        sequence += 1;
+        let log_time = u64::from(sequence) * 10_000_000;
+        let header = mcap::records::MessageHeader { channel_id, sequence, log_time, publish_time: 0 };
+        writer.write_to_known_channel(&header, data).unwrap();
+    };
+    for (i, &(connection, data)) in messages.iter().enumerate() {
+        write(&mut writer, channels[connection as usize - 1], data);
+        let last = messages[i + 1..].iter().all(|&(c, _)| c != connection);
+        if last && ended.contains(&connection) {
+            let event =
+                format!(r#"{{"event":"disconnected","connection_id":{connection},"reason":"peer_closed"}}"#);
+            write(&mut writer, events, event.as_bytes());
+        }
+    }
+    writer.finish().unwrap();
+}
+
+/// `ringest replay FILE ARGS` in the background.
+fn replay(file: &Path, args: &[&str]) -> Background {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringest"));
+    command.arg("replay").arg(file).args(args);
+    Background::spawn(command)
+}
+
+#[test]
+fn replay_chooses_connections_and_says_how_many_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("three.mcap");
+    let messages: &[(u64, &[u8])] =
+        &[(1, b"one "), (2, b"two "), (3, b"three "), (1, b"1"), (2, b"2"), (3, b"3")];
+    write_log_with_events(&path, 3, messages, &[]);
+    for (args, expected) in [
+        (&["--conn", "2"][..], &["two 2"][..]),
+        (&["--topic", "ingest/packet_group/3", "--conn", "1"][..], &["one 1", "three 3"][..]),
+        (&[][..], &["one 1", "two 2", "three 3"][..]),
+    ] {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        let mut replayer = replay(&path, &[&["--connect", &addr, "--max"][..], args].concat());
+        let plan = replayer.line_starting("opening ");
+        let topics: Vec<String> = expected
+            .iter()
+            .map(|bytes| {
+                format!(
+                    "ingest/packet_group/{}",
+                    messages
+                        .iter()
+                        .position(|m| bytes.starts_with(std::str::from_utf8(m.1).unwrap()))
+                        .unwrap()
+                        + 1
+                )
+            })
+            .collect();
+        let opening = if expected.len() == 1 {
+            "1 connection".to_owned()
+        } else {
+            format!("{} connections", expected.len())
+        };
+        assert_eq!(
+            plan,
+            format!("opening {opening}, one per logged connection: {}", topics.join(", ")),
+            "{args:?}"
+        );
+        let mut received: Vec<String> = (0..expected.len())
+            .map(|_| {
+                let (mut stream, _) = server.accept().unwrap();
+                let mut data = String::new();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                stream.read_to_string(&mut data).unwrap();
+                data
+            })
+            .collect();
+        let (status, summary) = replayer.wait();
+        assert!(status.success(), "{args:?}: {summary}");
+        assert!(summary.contains(&format!("on {opening}")), "{args:?}: {summary}");
+        received.sort();
+        let mut expected = expected.to_vec();
+        expected.sort();
+        assert_eq!(received, expected, "{args:?}");
+        server.set_nonblocking(true).unwrap();
+        assert!(server.accept().is_err(), "{args:?}: one connection too many");
+    }
+    let (code, stderr) = failure_of(
+        Command::new(env!("CARGO_BIN_EXE_ringest")),
+        &["replay", path.to_str().unwrap(), "--connect", "127.0.0.1:1", "--conn", "9"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("matches --conn or --topic"), "{stderr}");
+}
+
+#[test]
+fn replay_listen_closes_each_stream_when_its_logged_connection_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sequential.mcap");
+    let messages: &[(u64, &[u8])] = &[(1, b"first "), (1, b"client"), (2, b"second "), (2, b"client")];
+    write_log_with_events(&path, 2, messages, &[1, 2]);
+    let mut replayer = replay(&path, &["--listen", "127.0.0.1:0", "--max"]);
+    let line = replayer.line_starting("listening on ");
+    let addr: SocketAddr = line["listening on ".len()..].parse().unwrap();
+    // One client after the other: each reads until its stream ends.
+    for expected in ["first client", "second client"] {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut data = String::new();
+        client.read_to_string(&mut data).expect("the stream ends when its logged connection ended");
+        assert_eq!(data, expected);
+    }
+    let (status, summary) = replayer.wait();
+    assert!(status.success(), "{summary}");
+    assert!(summary.starts_with("replayed 4 messages (25 B) on 2 connections"), "{summary}");
+}
+
 #[test]
 fn a_killed_logger_leaves_a_file_readable_up_to_its_last_chunk() {
     let t = bus();
