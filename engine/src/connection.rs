@@ -100,6 +100,8 @@ pub(crate) struct Executor {
     pub(crate) open: Arc<OpenConnections>,
     /// Connections refused over `maximum_connections` (acceptor only).
     pub(crate) rejected: Cell<u64>,
+    /// Failed attempts to bind the listener (acceptor only).
+    pub(crate) bind_failures: Cell<u64>,
     closed: RefCell<ClosedTotals>,
     warned_clamp: Cell<bool>,
     /// Egress records dropped because no connection they were meant for
@@ -205,6 +207,7 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
         connections: RefCell::new(HashMap::new()),
         open,
         rejected: Cell::new(0),
+        bind_failures: Cell::new(0),
         closed: RefCell::new(ClosedTotals::default()),
         egress_unconnected_drops: Cell::new(0),
         outcomes,
@@ -701,6 +704,7 @@ impl Executor {
             receive_path: self.receive_path(),
             publish: self.publish_counters(),
             rejected: self.rejected.get(),
+            bind_failures: self.bind_failures.get(),
             egress_unconnected_drops: self.egress_unconnected_drops.get(),
             closed: *self.closed.borrow(),
             connections: self

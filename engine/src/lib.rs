@@ -156,6 +156,13 @@ impl EngineHandle {
         self.stage(name)?.bound.wait(timeout)
     }
 
+    /// The receive path stage `name` chose when it started (an executor
+    /// that then fails to set io_uring up falls back to the read path, and
+    /// says so in the log).
+    pub fn receive_path(&self, name: &str) -> Option<records::ReceivePath> {
+        Some(self.stage(name)?.receive_path)
+    }
+
     /// The latest socket statistics of stage `name` (published once a
     /// second on `<name>/socket_stats`).
     pub fn stats(&self, name: &str) -> Option<SocketStats> {

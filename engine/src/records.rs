@@ -405,6 +405,9 @@ pub struct StageStats {
     pub receive_buffer_exhaustions: u64,
     /// Traffic of all connections, closed ones included.
     pub traffic: TrafficStats,
+    /// Server stages: failed attempts to bind the listening socket (e.g.
+    /// the port is taken); the stage retries until it binds. 0 for clients.
+    pub bind_failures: u64,
 }
 
 /// One open connection's counters. Totals count from its accept.
@@ -678,6 +681,7 @@ mod tests {
                 backpressure_stalls: 4,
                 receive_buffer_exhaustions: 5,
                 traffic: traffic(100),
+                bind_failures: 6,
             },
             connections: (0..connections as u64)
                 .map(|id| ConnectionStats {
@@ -887,8 +891,12 @@ mod tests {
         let connected = &events()[0];
         assert_eq!(encode(connected).len(), 4 + 8 + 8 + 18 + 18);
         assert_eq!(encode(&traffic(0)).len(), 88);
-        assert_eq!(encode(&stats(0, ReceivePath::GlommioRead)).len(), 156);
-        assert_eq!(encode(&stats(2, ReceivePath::GlommioRead)).len(), 156 + 2 * 114);
+        assert_eq!(encode(&stats(0, ReceivePath::GlommioRead)).len(), 164);
+        assert_eq!(encode(&stats(2, ReceivePath::GlommioRead)).len(), 164 + 2 * 114);
+        let mut bytes = encode(&stats(0, ReceivePath::GlommioRead));
+        assert_eq!(bytes[148..156], 6u64.to_le_bytes(), "stage.bind_failures at 148");
+        bytes[148..156].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(decode::<SocketStats>(&bytes).unwrap().stage.bind_failures, 0);
         assert_eq!(encode(&EgressHeader { target: Some(0x0102) }), [1, 2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(encode(&EgressHeader { target: None }), [0]);
     }

@@ -12,7 +12,7 @@ use shm_bus::{BusDir, ChannelOptions, Producer};
 use crate::config::{ReceivePathChoice, TcpClientConfig, TcpServerConfig};
 use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
 use crate::inbox::{self, Command, InboxSender};
-use crate::records::SocketStats;
+use crate::records::{ReceivePath, SocketStats};
 use crate::stats;
 use crate::sys::{self, OpenConnections};
 use crate::tcp_client::ConnectorSetup;
@@ -41,6 +41,8 @@ pub(crate) struct Stage {
     inboxes: Vec<InboxSender>,
     pub(crate) bound: Arc<BoundAddress>,
     pub(crate) latest_stats: Arc<Mutex<Option<SocketStats>>>,
+    /// The receive path chosen at start.
+    pub(crate) receive_path: ReceivePath,
     stats_thread: Option<JoinHandle<()>>,
     egress_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     outcome_thread: Option<JoinHandle<()>>,
@@ -134,10 +136,10 @@ struct StagePlan {
 }
 
 /// The statistics ring: room for a few records with `max_connections`
-/// connections each (`148 + 114 k` bytes, `RECORDS.md` §5; a record may
+/// connections each (`164 + 114 k` bytes, `RECORDS.md` §5; a record may
 /// take at most half the ring), at least [`CONTROL_RING`].
 fn stats_ring_size(max_connections: u64) -> u64 {
-    let record = 148 + 114 * max_connections;
+    let record = 164 + 114 * max_connections;
     (4 * record).next_power_of_two().clamp(CONTROL_RING, 1 << 30)
 }
 
@@ -246,6 +248,10 @@ fn start(
         inboxes: senders,
         bound,
         latest_stats,
+        receive_path: match settings.receive_path {
+            ReceivePathChoice::IoUring => ReceivePath::IoUringMultishot,
+            _ => ReceivePath::GlommioRead,
+        },
         stats_thread: Some(stats_thread),
         egress_thread: Some(egress_thread),
         outcome_thread: Some(outcome_thread),
@@ -261,7 +267,7 @@ mod tests {
     fn the_stats_ring_holds_a_record_of_every_connection() {
         assert_eq!(stats_ring_size(1), CONTROL_RING);
         for connections in [1024, 5000, 10_000, 1_000_000] {
-            let record = 148 + 114 * connections;
+            let record = 164 + 114 * connections;
             let ring = stats_ring_size(connections);
             assert!(ring.is_power_of_two());
             assert!(shm_bus::layout::max_payload(ring) >= record, "{connections} connections");

@@ -4,6 +4,7 @@
 //! the module of its name.
 
 mod demo;
+mod executors;
 mod flags;
 mod follow;
 mod human;

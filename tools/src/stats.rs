@@ -67,8 +67,12 @@ fn render(stage: &str, stats: &SocketStats) -> Vec<String> {
         ReceivePath::GlommioRead => "glommio read",
         ReceivePath::IoUringMultishot => "io_uring multishot",
     };
+    let binding = match summary.bind_failures {
+        0 => String::new(),
+        n => format!(", {} to bind", human::plural(n, "failed attempt")),
+    };
     let mut lines = vec![format!(
-        "{stage}  {}  {} open, {} rejected, {} groups, {} backpressure stalls, {} receives out of buffers ({path})",
+        "{stage}  {}  {} open, {} rejected, {} groups, {} backpressure stalls, {} receives out of buffers{binding} ({path})",
         human::utc(stats.time_ns),
         summary.open_connections,
         summary.rejected_connections,

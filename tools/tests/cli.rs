@@ -441,6 +441,65 @@ fn a_second_engine_on_the_same_channels_names_the_owner_once() {
 }
 
 #[test]
+fn run_says_each_stages_receive_path_and_executors_and_takes_host_names() {
+    let t = bus();
+    let config = "[[tcp_server]]\nname = \"named\"\naddress = \"localhost:0\"\nring_size_b = 4194304\n\
+                  thread_processor_affinity = [0]\n";
+    let mut daemon = Daemon::start(ringest(&t.bus), config);
+    assert!(daemon.addr("named").ip().is_loopback(), "{:#?}", daemon.stdout);
+    let has = |line: &str| daemon.stdout.iter().any(|l| l.starts_with(line));
+    assert!(
+        has("  receive path: io_uring multishot") || has("  receive path: glommio read"),
+        "{:#?}",
+        daemon.stdout
+    );
+    assert!(has("  executors: #0 on cpus 0 at normal priority"), "{:#?}", daemon.stdout);
+    let mut client = TcpStream::connect(daemon.addr("named")).unwrap();
+    client.write_all(b"by name").unwrap();
+    let mut collector = Collector::attach(&t.bus, "named");
+    collector.until("the bytes", |c| c.received_from(client.local_addr().unwrap()) == b"by name");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_config_without_stages_is_an_error_naming_the_file() {
+    let t = bus();
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    config.write_all(b"[bus]\nmode = 0o600\n").unwrap();
+    let path = config.path().to_str().unwrap();
+    let (code, stderr) = failure_of(ringest(&t.bus), &["run", "--config", path]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("ringest: {path}: no stages")), "{stderr}");
+}
+
+#[test]
+fn run_says_it_retries_binding_a_taken_port_and_stats_count_the_attempts() {
+    let t = bus();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    // Freed once the daemon had time to fail a few times.
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(taken);
+    });
+    let config = format!("[[tcp_server]]\nname = \"late\"\naddress = \"{address}\"\nring_size_b = 4194304\n");
+    let mut daemon = Daemon::start(ringest(&t.bus), &config);
+    holder.join().unwrap();
+    let retrying = format!("stage late: cannot listen on {address} yet (port taken?); retrying until it can");
+    assert!(daemon.stdout.iter().any(|l| l.starts_with(&retrying)), "{:#?}", daemon.stdout);
+    assert_eq!(daemon.addr("late"), address);
+    let stats = stdout_of(ringest(&t.bus), &["stats", "late", "--count", "1"]);
+    let failed: u64 = stats
+        .split(" failed attempt")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bind attempts in {stats}"));
+    assert!(failed >= 2, "{stats}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn ls_of_a_missing_bus_directory_fails() {
     let t = bus();
     let missing = t.bus.path().join("nothing-here");
@@ -467,8 +526,10 @@ fn ls_prune_removes_ended_and_dead_channels_and_keeps_live_ones() {
     let output = stdout_of(ringest(&t.bus), &["ls", "--prune"]);
     assert!(output.contains("removed ended/data (ended"), "{output}");
     assert!(output.contains(&format!("removed crashed/packet_group (producer dead, pid {})", crashed.pid())));
-    assert!(output.contains("pruned 4 channels"), "{output}");
-    for name in ["ended/data", "crashed/packet_group", "crashed/connection_events", "crashed/socket_stats"] {
+    assert!(output.contains("pruned 5 channels"), "{output}");
+    let crashed_channels = ["packet_group", "connection_events", "socket_stats", "egress_outcomes"];
+    for name in crashed_channels.iter().map(|c| format!("crashed/{c}")).chain(["ended/data".to_owned()]) {
+        let name = name.as_str();
         assert!(files(name).iter().all(|f| !f.exists()), "{name} after the prune: {output}");
     }
     for name in ["live/data", "running/packet_group", "running/connection_events", "running/socket_stats"] {
