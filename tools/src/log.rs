@@ -24,6 +24,7 @@ use shm_bus::BusDir;
 
 use crate::flags::StopFlag;
 use crate::human;
+use crate::progress::Progress;
 use crate::shutdown::StopSignals;
 use mcap_writer::{LogTotals, McapWriter};
 use stage::StageRecorder;
@@ -241,6 +242,7 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
         options.out.display(),
         if options.lossless { "lossless" } else { "lossy" }
     );
+    let progress = Progress::new();
     let stopped_by = loop {
         if logger.is_finished() {
             break "the channels ended";
@@ -251,8 +253,19 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             break "--seconds";
         }
+        progress.show(|| {
+            let totals = logger.totals();
+            format!(
+                "logged {} in {} ({}), lost {}",
+                human::plural(totals.packets, "packet"),
+                human::plural(totals.groups, "group"),
+                human::bytes(totals.bytes as f64),
+                human::plural(totals.lost, "record"),
+            )
+        });
         std::thread::sleep(POLL);
     };
+    progress.clear();
     let totals = logger.finish()?;
     let size = std::fs::metadata(&options.out).map_or(0, |m| m.len());
     let skipped = match totals.skipped {

@@ -25,6 +25,7 @@ use clap::ArgGroup;
 use crate::human;
 use crate::log::mcap_reader::{connection_messages, log_messages};
 use crate::log::mcap_writer::{PACKET_ENCODING, is_connection_topic};
+use crate::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 #[command(group(ArgGroup::new("target").required(true).args(["connect", "listen"])))]
@@ -155,11 +156,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         bytes: 0,
     };
     let started = Instant::now();
+    let progress = Progress::new();
+    let total_messages: u64 = replay.plan.values().map(|l| l.messages).sum();
     for message in messages {
         let message =
             message.with_context(|| format!("replay stopped after {} messages", replay.messages))?;
         replay.send(&message)?;
+        progress.show(|| {
+            format!(
+                "replayed {} of {} ({}) on {}",
+                replay.messages,
+                human::plural(total_messages, "message"),
+                human::bytes(replay.bytes as f64),
+                human::plural(replay.connections.len() as u64, "connection"),
+            )
+        });
     }
+    progress.clear();
     replay.finish();
     println!(
         "replayed {} ({}) on {} in {:.2} s",

@@ -84,6 +84,20 @@ impl Background {
         rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal).unwrap();
     }
 
+    /// Waits for the exit; returns the status and every stdout line.
+    fn wait_all(mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running; stdout: {:#?}", self.stdout);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stdout.extend(self.lines.iter());
+        (status, std::mem::take(&mut self.stdout))
+    }
+
     /// Waits for the exit; returns the status and the last stdout line.
     fn wait(mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + DEADLINE;
@@ -560,6 +574,53 @@ fn replay_listen_closes_each_stream_when_its_logged_connection_ended() {
 }
 
 #[test]
+fn log_and_replay_print_labelled_progress_lines_off_a_terminal() {
+    let t = bus();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("progress.mcap");
+    let (engine, addr) = start_engine(&t.bus);
+    let mut collector = Collector::attach(&t.bus, STAGE);
+    let logger = Background::log(&t.bus, &[STAGE, "--seconds", "2.5", "--out", out.to_str().unwrap()]);
+    send_and_wait(addr, &mut collector, sizes(&[10_000]));
+    let (status, lines) = logger.wait_all();
+    assert!(status.success(), "{lines:#?}");
+    let progress: Vec<&String> = lines.iter().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(progress.len() >= 2, "a line a second: {lines:#?}");
+    let last = progress.last().unwrap();
+    assert!(
+        last.contains(" s elapsed, logged ")
+            && last.contains(" packet")
+            && last.ends_with(", lost 0 records"),
+        "{last}"
+    );
+    engine.stop().unwrap();
+
+    // 150 messages 10 ms apart: 1.5 s at the logged pace.
+    let path = dir.path().join("paced.mcap");
+    let messages: Vec<(u64, &[u8])> = (0..150).map(|i| (1 + i % 2, &b"tick"[..])).collect();
+    write_log_with_events(&path, 2, &messages, &[]);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap().to_string();
+    let replayer = replay(&path, &["--connect", &target]);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut stream, _) = server.accept().unwrap();
+            std::thread::spawn(move || std::io::copy(&mut stream, &mut std::io::sink()).unwrap())
+        })
+        .collect();
+    let (status, lines) = replayer.wait_all();
+    assert!(status.success(), "{lines:#?}");
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), 75 * 4);
+    }
+    let progress = lines.iter().find(|l| l.starts_with("progress: ")).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        progress.contains(" s elapsed, replayed ") && progress.contains(" of 150 messages ("),
+        "{progress}"
+    );
+}
+
+#[test]
 fn a_killed_logger_leaves_a_file_readable_up_to_its_last_chunk() {
     let t = bus();
     let dir = tempfile::tempdir().unwrap();
@@ -598,6 +659,11 @@ fn the_demo_checks_every_byte() {
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
     assert!(stdout.contains("check:  OK, every byte sent is in the log (8 of 8"), "{stdout}");
+    // Not on a terminal: plain progress lines, each figure labelled.
+    let progress = stdout.lines().find(|l| l.starts_with("progress: ")).unwrap_or_else(|| panic!("{stdout}"));
+    for label in [" s elapsed, received ", "/s, ", " packets in ", " groups, sent ", ", logged "] {
+        assert!(progress.contains(label), "{label:?} not in {progress}");
+    }
     // Its bus and its temporary log are gone.
     let after = |prefix: &str| -> PathBuf {
         let line = stdout.lines().find_map(|l| l.split_once(prefix)).expect(prefix).1;
