@@ -334,6 +334,15 @@ fn send_to_a_connection_that_is_not_open_fails() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("stage ingest had no open connection for 1 record"), "{stderr}");
+    // The outcomes are on the bus for any reader.
+    let json = stdout_of(
+        ringest(&t.bus),
+        &["tail", "ingest/egress_outcomes", "--json", "--from", "oldest", "--count", "2"],
+    );
+    let outcomes: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outcomes[0]["type"], "egress_outcome", "{json}");
+    assert_eq!((&outcomes[0]["target"], &outcomes[0]["delivered"]), (&999.into(), &0.into()), "{json}");
+    assert_eq!((&outcomes[1]["target"], &outcomes[1]["bytes"]), (&Value::Null, &5.into()), "{json}");
     assert!(daemon.stop().success());
 }
 
