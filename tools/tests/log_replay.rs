@@ -586,6 +586,8 @@ fn log_and_replay_print_labelled_progress_lines_off_a_terminal() {
     assert!(status.success(), "{lines:#?}");
     let progress: Vec<&String> = lines.iter().filter(|l| l.starts_with("progress: ")).collect();
     assert!(progress.len() >= 2, "a line a second: {lines:#?}");
+    let summary = lines.last().unwrap();
+    assert!(summary.contains(" from 1 connection and "), "singular: {summary}");
     let last = progress.last().unwrap();
     assert!(
         last.contains(" s elapsed, logged ")
