@@ -222,6 +222,10 @@ impl Tally {
         if !self.pending.is_empty() {
             parts.push(format!("{} without an outcome", self.pending.len()));
         }
+        if self.lost > 0 {
+            // This reader was lapped: the missing outcomes went by unread.
+            parts.push(format!("{} outcome records missed", self.lost));
+        }
         parts.join(", ")
     }
 
