@@ -92,7 +92,10 @@ pub struct TcpServerConfig {
     /// Namespace of the stage's channels: a valid [`shm_bus`] channel name of
     /// at most [`MAX_STAGE_NAME_LEN`] bytes, unique across the file.
     pub name: String,
-    /// Local address and port to listen on (port 0: any free port).
+    /// Local address and port to listen on (port 0: any free port). In a
+    /// file, `host:port` works too: the host name is resolved when the file
+    /// is read ([`resolve_listen_address`]).
+    #[serde(deserialize_with = "listen_address")]
     pub address: SocketAddr,
     /// Simultaneous clients allowed (1..=1_000_000).
     pub maximum_connections: u32,
@@ -508,6 +511,50 @@ fn check_slot_size(bytes: u64) -> Result<(), ConfigError> {
     Err(invalid("receive_slot_size_b", message))
 }
 
+/// A server's listen address from `ip:port`, or from `host:port` with the
+/// host name resolved now: its first IPv4 address (`localhost` is then
+/// 127.0.0.1, as clients usually try first), else its first address. Port 0
+/// means any free port.
+pub fn resolve_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let form_ok = text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(|c: char| c == ':' || c.is_whitespace())
+            && port.parse::<u16>().is_ok()
+    });
+    if !form_ok {
+        return Err(format!("must be ip:port or host:port (an IPv6 address in brackets), got {text:?}"));
+    }
+    let addresses: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("cannot resolve {text:?}: {e}"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// Deserializes a server's `address` with [`resolve_listen_address`].
+fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    struct ListenAddress;
+    impl Visitor<'_> for ListenAddress {
+        type Value = SocketAddr;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a socket address: ip:port or host:port")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<SocketAddr, E> {
+            resolve_listen_address(text).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(ListenAddress)
+}
+
 /// Checks a client's `host:port`: a non-empty host without spaces (an IPv6
 /// address in brackets) and a port in 1..=65535.
 fn check_host_port(address: &str) -> Result<(), ConfigError> {
@@ -698,7 +745,9 @@ mode = "0600"
 # digits, '_', '-' and '.', components separated by '/', none starting
 # with '.'; at most 200 bytes.
 name = "ingest"
-# Local address and port to listen on (port 0: any free port).
+# Local address and port to listen on (port 0: any free port); a host name
+# (localhost:7400) is resolved when the file is read. While the port is
+# taken, binding is retried (backing off to every 2 s), forever.
 address = "127.0.0.1:7400"
 # Simultaneous clients allowed, 1..=1000000.
 maximum_connections = 1024
@@ -884,7 +933,11 @@ mod tests {
     ];
 
     const SERVER_RANGES: &[RangeCase] = &[
-        ("address", &[r#""0.0.0.0:0""#, r#""[::1]:7400""#], &[r#""localhost:7400""#, r#""1.2.3.4""#]),
+        (
+            "address",
+            &[r#""0.0.0.0:0""#, r#""[::1]:7400""#, r#""localhost:7400""#, r#""localhost:0""#],
+            &[r#""1.2.3.4""#, r#""localhost""#, r#"":7400""#, r#""no-such-host.invalid:7400""#],
+        ),
         ("maximum_connections", &["1", "1000000"], &["0", "1000001"]),
     ];
 
@@ -960,6 +1013,14 @@ mod tests {
                 assert!(named, "{path}.{key}: {message}");
             }
         }
+    }
+
+    #[test]
+    fn server_addresses_may_be_host_names() {
+        assert_eq!(resolve_listen_address("localhost:7412"), Ok("127.0.0.1:7412".parse().unwrap()));
+        assert_eq!(resolve_listen_address("[::1]:0"), Ok("[::1]:0".parse().unwrap()));
+        let config = EngineConfig::from_toml_str("[[tcp_server]]\naddress = \"localhost:0\"\n").unwrap();
+        assert_eq!(config.tcp_server[0].address, "127.0.0.1:0".parse().unwrap());
     }
 
     #[test]

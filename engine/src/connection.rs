@@ -33,6 +33,7 @@ use socket2::{Socket, TcpKeepalive};
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::config::ReceivePathChoice;
+use crate::egress::{EgressId, OutcomeReport, OutcomeSender, Settled};
 use crate::inbox::{Command, Egress, Inbox, NewConnection};
 use crate::ingest::{EventPublisher, GroupPublisher, PublishCounters, Received};
 use crate::records::{Addr, ConnectionEvent, DisconnectReason, ReceivePath};
@@ -99,11 +100,15 @@ pub(crate) struct Executor {
     pub(crate) open: Arc<OpenConnections>,
     /// Connections refused over `maximum_connections` (acceptor only).
     pub(crate) rejected: Cell<u64>,
+    /// Failed attempts to bind the listener (acceptor only).
+    pub(crate) bind_failures: Cell<u64>,
     closed: RefCell<ClosedTotals>,
     warned_clamp: Cell<bool>,
     /// Egress records dropped because no connection they were meant for
     /// was open (counted on executor 0 only).
     egress_unconnected_drops: Cell<u64>,
+    /// Where each egress record's fate on this executor goes.
+    outcomes: OutcomeSender,
 }
 
 /// A live connection, as its executor tracks it.
@@ -115,23 +120,63 @@ struct Connection {
 
 /// A connection's egress buffer: at most `egress_buffer_size_b` bytes wait
 /// for the socket; a record that does not fit is dropped and counted, so a
-/// slow client neither grows memory nor stalls the others.
+/// slow client neither grows memory nor stalls the others. Each queued
+/// record's outcome is reported once the socket took its last byte, or the
+/// connection closed first.
 struct EgressQueue {
     bytes: RefCell<VecDeque<u8>>,
     capacity: usize,
     kick: LocalSender<()>,
+    /// Queued records, oldest first, with where each ends in the stream
+    /// of bytes ever queued.
+    pending: RefCell<VecDeque<(u64, EgressId)>>,
+    queued_total: Cell<u64>,
+    written_total: Cell<u64>,
+    outcomes: OutcomeSender,
 }
 
 impl EgressQueue {
-    /// Queues `data` whole, or drops it; returns whether it was queued.
-    fn push(&self, data: &[u8]) -> bool {
+    /// Queues `data` whole, or drops it; returns what happened, unless the
+    /// record is queued and waits for the socket.
+    fn push(&self, id: EgressId, data: &[u8]) -> Option<Settled> {
         let mut bytes = self.bytes.borrow_mut();
+        if data.len() > self.capacity {
+            return Some(Settled::TooLarge);
+        }
         if bytes.len() + data.len() > self.capacity {
-            return false;
+            return Some(Settled::BufferFull);
+        }
+        if data.is_empty() {
+            return Some(Settled::Delivered);
         }
         bytes.extend(data);
+        let end = self.queued_total.get() + data.len() as u64;
+        self.queued_total.set(end);
+        self.pending.borrow_mut().push_back((end, id));
         let _ = self.kick.try_send(());
-        true
+        None
+    }
+
+    /// The socket took `n` more bytes: reports the records now written.
+    fn written(&self, n: usize) {
+        let written = self.written_total.get() + n as u64;
+        self.written_total.set(written);
+        let mut pending = self.pending.borrow_mut();
+        while let Some(&(end, record)) = pending.front() {
+            if end > written {
+                break;
+            }
+            pending.pop_front();
+            let _ = self.outcomes.send(OutcomeReport::Settled { record, how: Settled::Delivered });
+        }
+    }
+
+    /// The connection closed: what was still queued will never be written.
+    fn close(&self) {
+        for (_, record) in self.pending.borrow_mut().drain(..) {
+            let _ = self.outcomes.send(OutcomeReport::Settled { record, how: Settled::ConnectionClosed });
+        }
+        self.bytes.borrow_mut().clear();
     }
 }
 
@@ -144,12 +189,13 @@ pub(crate) struct ExecutorSetup {
     pub(crate) inbox: Inbox,
     pub(crate) open: Arc<OpenConnections>,
     pub(crate) stats: StatsSink,
+    pub(crate) outcomes: OutcomeSender,
     pub(crate) role: Role,
 }
 
 /// Runs one executor of the stage until told to stop.
 pub(crate) async fn run_executor(setup: ExecutorSetup) {
-    let ExecutorSetup { index, settings, packets, events, inbox, open, stats, role } = setup;
+    let ExecutorSetup { index, settings, packets, events, inbox, open, stats, outcomes, role } = setup;
     let (flush_kick, flush_wait) = local_channel::new_bounded(1);
     let receiver = receiver_for(&settings, index, packets);
     let exec = Rc::new(Executor {
@@ -161,8 +207,10 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
         connections: RefCell::new(HashMap::new()),
         open,
         rejected: Cell::new(0),
+        bind_failures: Cell::new(0),
         closed: RefCell::new(ClosedTotals::default()),
         egress_unconnected_drops: Cell::new(0),
+        outcomes,
         warned_clamp: Cell::new(false),
         settings,
     });
@@ -201,6 +249,7 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
         if conn.task.cancel().await.is_some() {
             continue; // it ended on its own meanwhile and reported that
         }
+        conn.egress.close();
         exec.open.close();
         let c = *conn.counters.borrow();
         exec.closed.borrow_mut().add(&c);
@@ -262,24 +311,36 @@ async fn report_stats(exec: Rc<Executor>, sink: StatsSink) {
     }
 }
 
-/// Queues an egress record for its target connection(s) on this executor.
+/// Queues an egress record for its target connection(s) on this executor,
+/// and tells the outcome publisher for how many.
 fn deliver_egress(exec: &Executor, egress: &Egress) {
     let connections = exec.connections.borrow();
-    let mut matched = false;
+    let mut matched = 0;
     for (&id, conn) in connections.iter() {
         if egress.target.is_some_and(|t| t != id) {
             continue;
         }
-        matched = true;
+        matched += 1;
         let mut c = conn.counters.borrow_mut();
-        if conn.egress.push(&egress.bytes) {
-            c.packets_out += 1;
-        } else {
-            c.egress_drops += 1;
-            c.egress_dropped_bytes += egress.bytes.len() as u64;
+        let settled = conn.egress.push(egress.id, &egress.bytes);
+        match settled {
+            None | Some(Settled::Delivered) => c.packets_out += 1,
+            Some(_) => {
+                c.egress_drops += 1;
+                c.egress_dropped_bytes += egress.bytes.len() as u64;
+            }
+        }
+        if let Some(how) = settled {
+            let _ = exec.outcomes.send(OutcomeReport::Settled { record: egress.id, how });
         }
     }
-    if !matched && exec.index == 0 {
+    let _ = exec.outcomes.send(OutcomeReport::Matched {
+        record: egress.id,
+        target: egress.target,
+        bytes: egress.bytes.len() as u64,
+        connections: matched,
+    });
+    if matched == 0 && exec.index == 0 {
         // Every executor sees every record: count it once, on executor 0.
         exec.egress_unconnected_drops.set(exec.egress_unconnected_drops.get() + 1);
     }
@@ -301,6 +362,10 @@ pub(crate) fn start_connection(exec: &Rc<Executor>, conn: NewConnection) -> Loca
         bytes: RefCell::new(VecDeque::new()),
         capacity: exec.settings.egress_buffer_size_b as usize,
         kick,
+        pending: RefCell::new(VecDeque::new()),
+        queued_total: Cell::new(0),
+        written_total: Cell::new(0),
+        outcomes: exec.outcomes.clone(),
     });
     let (ended, on_end) = local_channel::new_bounded(1);
     let serve = serve_connection(exec.clone(), socket, id, peer, counters.clone(), egress.clone(), kicked);
@@ -338,6 +403,7 @@ async fn serve_connection(
         }
         Err(e) => DisconnectReason::Error(format!("cannot poll the socket: {e}")),
     };
+    egress.close();
     exec.connections.borrow_mut().remove(&id);
     exec.open.close();
     let c = *counters.borrow();
@@ -568,7 +634,10 @@ async fn send_egress(
                     return DisconnectReason::Shutdown;
                 }
             }
-            Some(Ok(n)) => counters.borrow_mut().count_sent(n),
+            Some(Ok(n)) => {
+                counters.borrow_mut().count_sent(n);
+                egress.written(n);
+            }
             Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Err(e) = fd.writable().await {
                     return DisconnectReason::Error(e.to_string());
@@ -635,6 +704,7 @@ impl Executor {
             receive_path: self.receive_path(),
             publish: self.publish_counters(),
             rejected: self.rejected.get(),
+            bind_failures: self.bind_failures.get(),
             egress_unconnected_drops: self.egress_unconnected_drops.get(),
             closed: *self.closed.borrow(),
             connections: self

@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use glommio::io::PollableFd;
 use socket2::Socket;
 
+use crate::egress::EgressId;
+
 /// A connection handed to an executor (by the acceptor, or by itself).
 pub(crate) struct NewConnection {
     pub(crate) socket: Socket,
@@ -23,6 +25,8 @@ pub(crate) struct NewConnection {
 /// Bytes to send to the stage's clients.
 #[derive(Debug)]
 pub(crate) struct Egress {
+    /// Which record of the egress channel: its outcome names it.
+    pub(crate) id: EgressId,
     /// One connection, or every connection.
     pub(crate) target: Option<u64>,
     pub(crate) bytes: Vec<u8>,

@@ -20,12 +20,13 @@
 //! - `N/socket_stats`: SocketStats once a second;
 //!
 //! and writes the records any process publishes on `N/egress_packets` to
-//! its connections.
+//! its connections, publishing what became of each on `N/egress_outcomes`.
 
 #![deny(unsafe_code)]
 
 pub mod config;
 mod connection;
+mod egress;
 mod executor;
 mod inbox;
 mod ingest;
@@ -43,7 +44,9 @@ use std::time::Duration;
 
 use shm_bus::BusDir;
 
-pub use stage::{CONNECTION_EVENTS, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name};
+pub use stage::{
+    CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name,
+};
 
 use crate::config::{EngineConfig, TcpClientConfig, TcpServerConfig};
 use crate::records::SocketStats;
@@ -52,7 +55,8 @@ use crate::stage::Stage;
 /// Starting or running the engine failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("channel {name}: {source}")]
+    /// Every `CreateError` names the channel (or its file) itself.
+    #[error("{source}")]
     Channel { name: String, source: shm_bus::CreateError },
     #[error("stage {stage}: executor{}: {message}", core.map(|c| format!(" on core {c}")).unwrap_or_default())]
     Executor { stage: String, core: Option<usize>, message: String },
@@ -150,6 +154,13 @@ impl EngineHandle {
     /// server stage).
     pub fn wait_bound(&self, name: &str, timeout: Duration) -> Option<SocketAddr> {
         self.stage(name)?.bound.wait(timeout)
+    }
+
+    /// The receive path stage `name` chose when it started (an executor
+    /// that then fails to set io_uring up falls back to the read path, and
+    /// says so in the log).
+    pub fn receive_path(&self, name: &str) -> Option<records::ReceivePath> {
+        Some(self.stage(name)?.receive_path)
     }
 
     /// The latest socket statistics of stage `name` (published once a

@@ -6,6 +6,7 @@
 //! | `<name>/connection_events` | [`KIND_CONNECTION_EVENT`] | a [`ConnectionEvent`] |
 //! | `<name>/socket_stats` | [`KIND_SOCKET_STATS`] | a [`SocketStats`], once a second |
 //! | `<name>/egress_packets` | [`KIND_EGRESS`] | an [`EgressHeader`], then the bytes to send |
+//! | `<name>/egress_outcomes` | [`KIND_EGRESS_OUTCOME`] | an [`EgressOutcome`]: what became of one egress record |
 //!
 //! A packet group has a fixed binary layout that the engine fills in place:
 //! the kernel receives straight into the shm-bus reservation. The control
@@ -29,6 +30,9 @@ pub const KIND_CONNECTION_EVENT: u16 = 2;
 pub const KIND_SOCKET_STATS: u16 = 3;
 /// Record kind of an egress record ([`EgressHeader`] + bytes), on `<name>/egress_packets`.
 pub const KIND_EGRESS: u16 = 4;
+
+/// Record kind of an [`EgressOutcome`], on `<name>/egress_outcomes`.
+pub const KIND_EGRESS_OUTCOME: u16 = 5;
 
 /// Version of the packet group layout: byte 0 of every group.
 pub const GROUP_VERSION: u8 = 1;
@@ -401,6 +405,9 @@ pub struct StageStats {
     pub receive_buffer_exhaustions: u64,
     /// Traffic of all connections, closed ones included.
     pub traffic: TrafficStats,
+    /// Server stages: failed attempts to bind the listening socket (e.g.
+    /// the port is taken); the stage retries until it binds. 0 for clients.
+    pub bind_failures: u64,
 }
 
 /// One open connection's counters. Totals count from its accept.
@@ -457,6 +464,47 @@ impl EgressHeader {
     pub const MAX_LEN: usize = 9;
 }
 
+/// What became of one egress record, published by the stage on
+/// `<name>/egress_outcomes` once every connection it was meant for has
+/// written or dropped it. A record no open connection was meant for (an
+/// unknown connection id, or no client at all) has every count 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct EgressOutcome {
+    /// The shm-bus generation of the `<name>/egress_packets` channel the
+    /// record was read from: which publisher's record this is.
+    pub egress_generation: u64,
+    /// The record's shard on that channel.
+    pub egress_shard: u32,
+    /// The record's sequence number in its shard.
+    pub egress_seq: u64,
+    /// The record's target: `None` for every connection.
+    pub target: Option<u64>,
+    /// Bytes to send in the record.
+    pub bytes: u64,
+    /// Connections whose socket took every byte of it.
+    pub delivered: u64,
+    /// Connections that dropped it because their egress buffer
+    /// (`egress_buffer_size_b`) had no room for it then.
+    pub dropped_buffer_full: u64,
+    /// Connections that dropped it because it is larger than their whole
+    /// egress buffer.
+    pub dropped_too_large: u64,
+    /// Connections that closed before writing all of it.
+    pub dropped_connection_closed: u64,
+}
+
+impl EgressOutcome {
+    /// Connections that dropped the record, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_buffer_full + self.dropped_too_large + self.dropped_connection_closed
+    }
+
+    /// Whether no open connection was meant for the record.
+    pub fn unmatched(&self) -> bool {
+        self.delivered == 0 && self.dropped() == 0
+    }
+}
+
 /// An egress record: `header`, then `data`.
 pub fn encode_egress(header: &EgressHeader, data: &[u8]) -> Vec<u8> {
     let mut record = encode(header);
@@ -470,7 +518,8 @@ pub fn decode_egress(record: &[u8]) -> Result<(EgressHeader, &[u8]), DecodeError
     Ok((header, &record[used..]))
 }
 
-/// Encodes a control record ([`ConnectionEvent`], [`SocketStats`], [`EgressHeader`]).
+/// Encodes a control record ([`ConnectionEvent`], [`SocketStats`], [`EgressHeader`],
+/// [`EgressOutcome`]).
 ///
 /// # Panics
 ///
@@ -632,6 +681,7 @@ mod tests {
                 backpressure_stalls: 4,
                 receive_buffer_exhaustions: 5,
                 traffic: traffic(100),
+                bind_failures: 6,
             },
             connections: (0..connections as u64)
                 .map(|id| ConnectionStats {
@@ -641,6 +691,31 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn outcome() -> EgressOutcome {
+        EgressOutcome {
+            egress_generation: 0x0102_0304_0506_0708,
+            egress_shard: 0,
+            egress_seq: 5,
+            target: Some(7),
+            bytes: 65536,
+            delivered: 0,
+            dropped_buffer_full: 1,
+            dropped_too_large: 0,
+            dropped_connection_closed: 0,
+        }
+    }
+
+    #[test]
+    fn outcome_example_matches_the_doc() {
+        let bytes = encode(&outcome());
+        assert_eq!(bytes.len(), 8 + 4 + 8 + 9 + 8 + 4 * 8);
+        assert_eq!(encode(&EgressOutcome { target: None, ..outcome() }).len(), 8 + 4 + 8 + 1 + 8 + 4 * 8);
+        let dump = hex_dump(&bytes);
+        assert!(DOC.contains(&dump), "RECORDS.md lacks this outcome example:\n{dump}");
+        assert!(outcome().dropped() == 1 && !outcome().unmatched());
+        assert!(EgressOutcome::default().unmatched());
     }
 
     /// A group of packets of these lengths, built in a buffer of stale bytes.
@@ -801,6 +876,8 @@ mod tests {
             assert_eq!(decode::<SocketStats>(&encode(&stats)).unwrap(), stats);
         }
         for target in [None, Some(0), Some(u64::MAX)] {
+            let outcome = EgressOutcome { target, delivered: 2, dropped_connection_closed: 1, ..outcome() };
+            assert_eq!(decode::<EgressOutcome>(&encode(&outcome)).unwrap(), outcome);
             let header = EgressHeader { target };
             assert_eq!(decode::<EgressHeader>(&encode(&header)).unwrap(), header);
             let record = encode_egress(&header, b"to the sensor");
@@ -814,8 +891,12 @@ mod tests {
         let connected = &events()[0];
         assert_eq!(encode(connected).len(), 4 + 8 + 8 + 18 + 18);
         assert_eq!(encode(&traffic(0)).len(), 88);
-        assert_eq!(encode(&stats(0, ReceivePath::GlommioRead)).len(), 156);
-        assert_eq!(encode(&stats(2, ReceivePath::GlommioRead)).len(), 156 + 2 * 114);
+        assert_eq!(encode(&stats(0, ReceivePath::GlommioRead)).len(), 164);
+        assert_eq!(encode(&stats(2, ReceivePath::GlommioRead)).len(), 164 + 2 * 114);
+        let mut bytes = encode(&stats(0, ReceivePath::GlommioRead));
+        assert_eq!(bytes[148..156], 6u64.to_le_bytes(), "stage.bind_failures at 148");
+        bytes[148..156].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(decode::<SocketStats>(&bytes).unwrap().stage.bind_failures, 0);
         assert_eq!(encode(&EgressHeader { target: Some(0x0102) }), [1, 2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(encode(&EgressHeader { target: None }), [0]);
     }
@@ -887,6 +968,7 @@ mod tests {
             decode::<SocketStats>(bytes).is_ok(),
             decode::<EgressHeader>(bytes).is_ok(),
             decode_egress(bytes).is_ok(),
+            decode::<EgressOutcome>(bytes).is_ok(),
         ]
         .contains(&true)
     }
@@ -897,6 +979,7 @@ mod tests {
         let mut valid: Vec<Vec<u8>> = events().iter().map(encode).collect();
         valid.push(encode(&stats(3, ReceivePath::IoUringMultishot)));
         valid.push(encode_egress(&EgressHeader { target: Some(3) }, b"abc"));
+        valid.push(encode(&outcome()));
         valid.push(build_group(&[0, 1, 7, 8, 9, 100, 3]).0);
 
         for record in &valid {

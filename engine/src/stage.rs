@@ -1,24 +1,23 @@
-//! A running stage: its channels, its executors, and the two helper threads
+//! A running stage: its channels, its executors, and the helper threads
 //! that do blocking waits so that executors never block: the statistics
-//! publisher and the egress reader.
+//! publisher, the egress reader and the egress outcome publisher.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use glommio::ExecutorJoinHandle;
-use shm_bus::{AttachError, BusDir, ChannelOptions, Event, Producer, Reader, ReaderOptions};
+use shm_bus::{BusDir, ChannelOptions, Producer};
 
 use crate::config::{ReceivePathChoice, TcpClientConfig, TcpServerConfig};
 use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
-use crate::inbox::{self, Command, Egress, InboxSender};
-use crate::records::{self, SocketStats};
+use crate::inbox::{self, Command, InboxSender};
+use crate::records::{ReceivePath, SocketStats};
 use crate::stats;
 use crate::sys::{self, OpenConnections};
 use crate::tcp_client::ConnectorSetup;
 use crate::tcp_server::{AcceptorSetup, BoundAddress};
-use crate::{EngineError, executor};
+use crate::{EngineError, egress, executor};
 
 /// Names of a stage's channels.
 pub fn channel_name(stage: &str, channel: &str) -> String {
@@ -30,12 +29,10 @@ pub const PACKET_GROUP: &str = "packet_group";
 pub const CONNECTION_EVENTS: &str = "connection_events";
 pub const SOCKET_STATS: &str = "socket_stats";
 pub const EGRESS_PACKETS: &str = "egress_packets";
+pub const EGRESS_OUTCOMES: &str = "egress_outcomes";
 
 /// Ring size of the small control channels (events, stats).
 const CONTROL_RING: u64 = 1 << 20;
-/// How long the egress thread sleeps between attach attempts while no
-/// process publishes egress.
-const EGRESS_ATTACH_RETRY: Duration = Duration::from_millis(200);
 
 /// A running stage, owned by the engine handle.
 pub(crate) struct Stage {
@@ -44,8 +41,11 @@ pub(crate) struct Stage {
     inboxes: Vec<InboxSender>,
     pub(crate) bound: Arc<BoundAddress>,
     pub(crate) latest_stats: Arc<Mutex<Option<SocketStats>>>,
+    /// The receive path chosen at start.
+    pub(crate) receive_path: ReceivePath,
     stats_thread: Option<JoinHandle<()>>,
     egress_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    outcome_thread: Option<JoinHandle<()>>,
     /// Dropped last: marks the channels ended once everything is published.
     producers: Vec<Producer>,
 }
@@ -69,6 +69,10 @@ impl Stage {
         }
         if let Some((stop, thread)) = self.egress_thread.take() {
             drop(stop); // the thread ends when it sees the channel closed
+            let _ = thread.join();
+        }
+        // The executors' and the egress reader's report senders are gone.
+        if let Some(thread) = self.outcome_thread.take() {
             let _ = thread.join();
         }
         // The executors' stats senders are gone: the thread publishes a last
@@ -132,10 +136,10 @@ struct StagePlan {
 }
 
 /// The statistics ring: room for a few records with `max_connections`
-/// connections each (`148 + 114 k` bytes, `RECORDS.md` §5; a record may
+/// connections each (`164 + 114 k` bytes, `RECORDS.md` §5; a record may
 /// take at most half the ring), at least [`CONTROL_RING`].
 fn stats_ring_size(max_connections: u64) -> u64 {
-    let record = 148 + 114 * max_connections;
+    let record = 164 + 114 * max_connections;
     (4 * record).next_power_of_two().clamp(CONTROL_RING, 1 << 30)
 }
 
@@ -189,6 +193,15 @@ fn start(
     let packets = create(PACKET_GROUP, ring_size_b, shards)?;
     let events = create(CONNECTION_EVENTS, CONTROL_RING, shards)?;
     let stats_channel = create(SOCKET_STATS, stats_ring_size(max_connections), 1)?;
+    let outcomes_channel = create(EGRESS_OUTCOMES, CONTROL_RING, 1)?;
+    let (outcomes, outcome_reports) = std::sync::mpsc::channel();
+    let outcome_thread = egress::spawn_outcome_publisher(
+        stage.clone(),
+        outcomes_channel.shard(0).map_err(channel_error(outcomes_channel.name().to_owned()))?,
+        placements.len(),
+        outcome_reports,
+    )
+    .map_err(io_error)?;
 
     let latest_stats = Arc::new(Mutex::new(None));
     let (sink, stats_thread) = stats::spawn_publisher(
@@ -219,13 +232,15 @@ fn start(
             inbox,
             open: open.clone(),
             stats: sink.clone(),
+            outcomes: outcomes.clone(),
             role: opener.take().unwrap_or(Role::Worker),
         };
         executors
             .push(executor::spawn(&stage, index, *core, priority, move || connection::run_executor(setup))?);
     }
     drop(sink);
-    let egress_thread = spawn_egress_reader(bus.clone(), stage.clone(), &senders).map_err(io_error)?;
+    drop(outcomes);
+    let egress_thread = egress::spawn_reader(bus.clone(), stage.clone(), &senders).map_err(io_error)?;
 
     Ok(Stage {
         name: stage,
@@ -233,67 +248,15 @@ fn start(
         inboxes: senders,
         bound,
         latest_stats,
+        receive_path: match settings.receive_path {
+            ReceivePathChoice::IoUring => ReceivePath::IoUringMultishot,
+            _ => ReceivePath::GlommioRead,
+        },
         stats_thread: Some(stats_thread),
         egress_thread: Some(egress_thread),
-        producers: vec![packets, events, stats_channel],
+        outcome_thread: Some(outcome_thread),
+        producers: vec![packets, events, stats_channel, outcomes_channel],
     })
-}
-
-/// Reads `<stage>/egress_packets` (published by any process) and hands
-/// each record to every executor. A thread, because waiting on the bus is
-/// a blocking futex wait that must not stall an executor.
-fn spawn_egress_reader(
-    bus: BusDir,
-    stage: String,
-    executors: &[InboxSender],
-) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
-    let executors = executors.iter().map(InboxSender::try_clone).collect::<Result<Vec<_>, _>>()?;
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let thread = std::thread::Builder::new().name(format!("{stage}-egress")).spawn(move || {
-        let channel = channel_name(&stage, EGRESS_PACKETS);
-        let stopped = || matches!(stop_rx.try_recv(), Err(mpsc::TryRecvError::Disconnected));
-        let mut last_error = String::new();
-        while !stopped() {
-            let mut reader = match Reader::attach(&bus, &channel, ReaderOptions::gated()) {
-                Ok(reader) => reader,
-                Err(e) => {
-                    let text = e.to_string();
-                    if !matches!(e, AttachError::NotFound { .. }) && text != last_error {
-                        tracing::warn!("stage {stage}: cannot read egress: {text}");
-                    }
-                    last_error = text;
-                    std::thread::sleep(EGRESS_ATTACH_RETRY);
-                    continue;
-                }
-            };
-            while !stopped() {
-                match reader.recv_timeout(Duration::from_millis(100)) {
-                    Ok(Some(Event::Record(sample))) => {
-                        if sample.kind() != records::KIND_EGRESS {
-                            continue;
-                        }
-                        match records::decode_egress(sample.payload()) {
-                            Ok((header, bytes)) => {
-                                let egress =
-                                    Arc::new(Egress { target: header.target, bytes: bytes.to_vec() });
-                                for executor in &executors {
-                                    executor.send(Command::Egress(egress.clone()));
-                                }
-                            }
-                            Err(e) => tracing::warn!("stage {stage}: bad egress record: {e}"),
-                        }
-                    }
-                    Ok(Some(Event::Ended)) => std::thread::sleep(EGRESS_ATTACH_RETRY),
-                    Ok(Some(Event::Restarted { .. })) | Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!("stage {stage}: egress channel: {e}");
-                        break;
-                    }
-                }
-            }
-        }
-    })?;
-    Ok((stop_tx, thread))
 }
 
 #[cfg(test)]
@@ -304,7 +267,7 @@ mod tests {
     fn the_stats_ring_holds_a_record_of_every_connection() {
         assert_eq!(stats_ring_size(1), CONTROL_RING);
         for connections in [1024, 5000, 10_000, 1_000_000] {
-            let record = 148 + 114 * connections;
+            let record = 164 + 114 * connections;
             let ring = stats_ring_size(connections);
             assert!(ring.is_power_of_two());
             assert!(shm_bus::layout::max_payload(ring) >= record, "{connections} connections");

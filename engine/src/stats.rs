@@ -68,6 +68,8 @@ pub(crate) struct ExecutorReport {
     pub(crate) receive_path: ReceivePath,
     pub(crate) publish: PublishCounters,
     pub(crate) rejected: u64,
+    /// Failed attempts to bind the listener (acceptor only).
+    pub(crate) bind_failures: u64,
     /// Egress records no open connection was there to take.
     pub(crate) egress_unconnected_drops: u64,
     pub(crate) connections: Vec<(u64, ConnectionCounters)>,
@@ -184,6 +186,7 @@ impl Publisher {
             stage.backpressure_stalls += report.publish.stalls;
             stage.receive_buffer_exhaustions += report.publish.buffer_exhaustions;
             stage.rejected_connections += report.rejected;
+            stage.bind_failures += report.bind_failures;
             totals.egress_drops += report.egress_unconnected_drops;
             stage.open_connections += report.connections.len() as u64;
             totals.bytes_received += report.publish.bytes;

@@ -64,8 +64,8 @@ fn listen(addr: SocketAddr) -> io::Result<Socket> {
 }
 
 /// Binds, retrying with capped backoff until it works; logs each distinct
-/// failure once.
-async fn bind_with_retry(config: &TcpServerConfig) -> Socket {
+/// failure once and counts every one (socket stats: `bind_failures`).
+async fn bind_with_retry(exec: &Executor, config: &TcpServerConfig) -> Socket {
     let mut backoff = Duration::from_millis(20);
     let mut last_error = String::new();
     loop {
@@ -77,6 +77,7 @@ async fn bind_with_retry(config: &TcpServerConfig) -> Socket {
                 return socket;
             }
             Err(e) => {
+                exec.bind_failures.set(exec.bind_failures.get() + 1);
                 let text = e.to_string();
                 if text != last_error {
                     tracing::warn!(
@@ -99,7 +100,7 @@ pub(crate) async fn accept_loop(exec: Rc<Executor>, setup: AcceptorSetup) {
     let config = &setup.config;
     let mut handout = Handout { next_id: 1, next_executor: 0 };
     loop {
-        let socket = bind_with_retry(config).await;
+        let socket = bind_with_retry(&exec, config).await;
         let local = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(config.address);
         let failure = match &exec.receiver {
             Receiver::Uring(receiver) => {

@@ -1,7 +1,8 @@
 //! The independent Python reader (`python/shm_bus_reader.py`, written from
 //! `FORMAT.md` alone) must read what this crate writes, byte for byte, and
 //! reject files that are not shm-bus channels. Proves that FORMAT.md is
-//! sufficient. Needs `python3` on `PATH`.
+//! sufficient. Runs `$RINGEST_TEST_PYTHON` (set by `scripts/test`), else
+//! `python3` on `PATH`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -25,8 +26,13 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python/shm_bus_reader.py")
 }
 
+/// The interpreter: what `scripts/test` chose, else `python3`.
+fn python() -> std::ffi::OsString {
+    std::env::var_os("RINGEST_TEST_PYTHON").unwrap_or_else(|| "python3".into())
+}
+
 fn python_command(bus: &BusDir, channel: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(python());
     cmd.arg(script()).arg("--bus").arg(bus.path()).arg(channel).args(extra);
     cmd
 }
@@ -34,12 +40,12 @@ fn python_command(bus: &BusDir, channel: &str, extra: &[&str]) -> Command {
 fn python_missing(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::NotFound {
         panic!(
-            "python3 not found on PATH: this test runs the independent Python reader \
-             ({}); install python3 (3.11+)",
+            "{} not found: run scripts/test (or apt-get install python3); this test runs {}",
+            Path::new(&python()).display(),
             script().display()
         );
     }
-    panic!("cannot run python3 {}: {e}", script().display())
+    panic!("cannot run {} {}: {e}", Path::new(&python()).display(), script().display())
 }
 
 /// Runs the Python reader on `channel`; fails clearly when python3 is missing.

@@ -231,7 +231,7 @@ impl<'a> Progress<'a> {
             (stage.traffic.bytes_received_per_s, stage.traffic.packets_received, stage.groups_published)
         });
         let line = format!(
-            "{:5.1} s  {:>11}/s  {:>7} packets  {:>7} groups  sent {:>10}  logged {:>10}",
+            "{:5.1} s elapsed, received {:>11}/s, {:>7} packets in {:>7} groups, sent {:>10}, logged {:>10}",
             self.started.elapsed().as_secs_f64(),
             human::bytes(rate),
             human::count(packets as f64),
@@ -244,7 +244,11 @@ impl<'a> Progress<'a> {
             let _ = writeln!(stdout, "\n{signal}: the demo ends with the load");
         }
         // A failed progress write is not worth stopping the demo for.
-        let _ = if self.terminal { write!(stdout, "\r{line}\x1b[K") } else { writeln!(stdout, "{line}") };
+        let _ = if self.terminal {
+            write!(stdout, "\r{line}\x1b[K")
+        } else {
+            writeln!(stdout, "progress: {line}")
+        };
         let _ = stdout.flush();
     }
 

@@ -24,6 +24,7 @@ use shm_bus::BusDir;
 
 use crate::flags::StopFlag;
 use crate::human;
+use crate::progress::Progress;
 use crate::shutdown::StopSignals;
 use mcap_writer::{LogTotals, McapWriter};
 use stage::StageRecorder;
@@ -241,6 +242,7 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
         options.out.display(),
         if options.lossless { "lossless" } else { "lossy" }
     );
+    let progress = Progress::new();
     let stopped_by = loop {
         if logger.is_finished() {
             break "the channels ended";
@@ -251,25 +253,35 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             break "--seconds";
         }
+        progress.show(|| {
+            let totals = logger.totals();
+            format!(
+                "logged {} in {} ({}), lost {}",
+                human::plural(totals.packets, "packet"),
+                human::plural(totals.groups, "group"),
+                human::bytes(totals.bytes as f64),
+                human::plural(totals.lost, "record"),
+            )
+        });
         std::thread::sleep(POLL);
     };
+    progress.clear();
     let totals = logger.finish()?;
     let size = std::fs::metadata(&options.out).map_or(0, |m| m.len());
     let skipped = match totals.skipped {
         0 => String::new(),
-        n => format!("; skipped {n} undecodable records"),
+        n => format!("; skipped {} undecodable", human::plural(n, "record")),
     };
     println!(
-        "logged {} packets ({} in {} groups) from {} connections and {} event and stats messages into {} ({}); \
-         lost {} records{skipped}; stopped by {stopped_by}",
-        totals.packets,
+        "logged {} ({} in {}) from {} and {} into {} ({}); lost {}{skipped}; stopped by {stopped_by}",
+        human::plural(totals.packets, "packet"),
         human::bytes(totals.bytes as f64),
-        totals.groups,
-        totals.connections,
-        totals.control_messages,
+        human::plural(totals.groups, "group"),
+        human::plural(totals.connections, "connection"),
+        human::plural(totals.control_messages, "event and stats message"),
         options.out.display(),
         human::bytes(size as f64),
-        totals.lost,
+        human::plural(totals.lost, "record"),
     );
     Ok(())
 }

@@ -5,20 +5,37 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, bail};
 use shm_bus::{BusDir, ChannelInfo, ChannelListing, ChannelState, ReaderInfo};
 
 use crate::human;
 use crate::table::Table;
 
 #[derive(clap::Args, Debug)]
-pub struct LsArgs {}
+pub struct LsArgs {
+    /// Removes the files of channels whose producer has ended them or has
+    /// died, then lists what is left. A live producer's files are never
+    /// removed.
+    #[arg(long)]
+    prune: bool,
+}
 
 /// Time between the two samples that rates are computed from.
 const RATE_INTERVAL: Duration = Duration::from_millis(500);
 
-pub fn run(_args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
+pub fn run(args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
+    if !bus.path().is_dir() {
+        bail!(
+            "bus directory {} does not exist (no engine has published there; --bus or $RINGEST_BUS choose another)",
+            bus.path().display()
+        );
+    }
     let list = || shm_bus::list_channels(bus).with_context(|| format!("listing {}", bus.path().display()));
+    if args.prune {
+        prune(bus, &list()?)?;
+    }
     let first = list()?;
     let first_at = Instant::now();
     let mut out = std::io::stdout().lock();
@@ -66,6 +83,53 @@ pub fn run(_args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the files of every listed channel that no producer will write
+/// again: ended, replaced, or whose producer died.
+fn prune(bus: &BusDir, listings: &[ChannelListing]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut pruned = 0;
+    for info in listings.iter().filter_map(|l| l.info.as_ref().ok()) {
+        let why = match (info.state, info.producer_alive) {
+            (ChannelState::Ended, _) => "ended",
+            (ChannelState::Replaced, _) => "replaced",
+            (ChannelState::Live, Some(false)) => "producer dead",
+            // Live, or a producer in another pid namespace: leave it.
+            _ => continue,
+        };
+        if remove_channel(bus, info)? {
+            writeln!(out, "removed {} ({why}, pid {})", info.name, info.producer_pid)?;
+            pruned += 1;
+        }
+    }
+    writeln!(out, "pruned {}", human::plural(pruned, "channel"))?;
+    Ok(())
+}
+
+/// Removes the two files of `info`'s channel unless a new producer took
+/// the channel over since `info` was read (its ring file is then another
+/// file, or live again). Returns whether it removed them.
+fn remove_channel(bus: &BusDir, info: &ChannelInfo) -> anyhow::Result<bool> {
+    let ring = bus.ring_path(&info.name);
+    let inode = |path: &std::path::Path| std::fs::metadata(path).map(|m| m.ino()).ok();
+    let Some(before) = inode(&ring) else { return Ok(false) };
+    // Read again: the generation must be the one judged, and still not live.
+    match shm_bus::channel_info(bus, &info.name) {
+        Ok(now) if now.generation == info.generation && now.state == info.state => {}
+        _ => return Ok(false),
+    }
+    for path in [bus.readers_path(&info.name), ring.clone()] {
+        if inode(&ring) != Some(before) {
+            return Ok(false); // a producer renamed a new ring into place
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(true)
 }
 
 /// Whether a live producer may be writing `info` now.

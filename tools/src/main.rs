@@ -4,12 +4,14 @@
 //! the module of its name.
 
 mod demo;
+mod executors;
 mod flags;
 mod follow;
 mod human;
 mod loadgen;
 mod log;
 mod ls;
+mod progress;
 mod replay;
 mod run;
 mod send;

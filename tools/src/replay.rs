@@ -5,8 +5,15 @@
 //! One thread writes every connection in file order: the packets keep their
 //! interleaving across connections, and a peer that reads slowly holds up
 //! the others, as a blocking sensor host would.
+//!
+//! A first pass over the file finds the connections to replay (all, or
+//! those chosen with `--conn` and `--topic`) and which of them the log saw
+//! end (a `disconnected` event on `<stage>/connection_events`): their
+//! streams close after their last packet, so a peer that reads to the end
+//! of the stream (e.g. one client after the other with `--listen`) does
+//! not wait for the whole replay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -16,7 +23,9 @@ use anyhow::{Context, bail};
 use clap::ArgGroup;
 
 use crate::human;
-use crate::log::mcap_reader::connection_messages;
+use crate::log::mcap_reader::{connection_messages, log_messages};
+use crate::log::mcap_writer::{PACKET_ENCODING, is_connection_topic};
+use crate::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 #[command(group(ArgGroup::new("target").required(true).args(["connect", "listen"])))]
@@ -37,6 +46,84 @@ pub struct ReplayArgs {
     /// Send as fast as the peers read, ignoring the original timing.
     #[arg(long, conflicts_with = "speed")]
     max: bool,
+    /// Replays connection ID only (of every stage in the log; repeat for
+    /// more) [default: every connection].
+    #[arg(long = "conn", value_name = "ID")]
+    conns: Vec<u64>,
+    /// Replays the connection logged on TOPIC only, like
+    /// ingest/packet_group/3 (repeat for more) [default: every connection].
+    #[arg(long = "topic", value_name = "TOPIC")]
+    topics: Vec<String>,
+}
+
+impl ReplayArgs {
+    /// Whether the connection logged on `topic`, with id `id`, is replayed.
+    fn chooses(&self, topic: &str, id: u64) -> bool {
+        (self.conns.is_empty() && self.topics.is_empty())
+            || self.conns.contains(&id)
+            || self.topics.iter().any(|t| t == topic)
+    }
+}
+
+/// A logged connection to replay, as the first pass found it.
+#[derive(Debug)]
+struct Logged {
+    topic: String,
+    /// Its packets in the log.
+    messages: u64,
+    /// Whether the log saw it end: its stream closes after its last packet.
+    ended: bool,
+}
+
+/// The stage and connection id of a connection topic,
+/// `<stage>/packet_group/<id>`.
+fn split_topic(topic: &str) -> Option<(&str, u64)> {
+    let (rest, id) = topic.rsplit_once('/')?;
+    let stage = rest.strip_suffix(engine::PACKET_GROUP)?.strip_suffix('/')?;
+    Some((stage, id.parse().ok()?))
+}
+
+/// The connections of the log that `args` chooses, by channel id. Stops
+/// at a damaged part of the file: the replay reports it when it gets there.
+fn survey(args: &ReplayArgs) -> anyhow::Result<BTreeMap<u16, Logged>> {
+    let mut chosen = BTreeMap::new();
+    let mut ids: HashMap<u16, (String, u64)> = HashMap::new();
+    let mut ended: HashSet<(String, u64)> = HashSet::new();
+    for message in log_messages(&args.file)?.map_while(Result::ok) {
+        let channel = &message.channel;
+        if channel.message_encoding == PACKET_ENCODING && is_connection_topic(&channel.topic) {
+            let Some((stage, id)) = split_topic(&channel.topic) else { continue };
+            if args.chooses(&channel.topic, id) {
+                ids.entry(channel.id).or_insert_with(|| (stage.to_owned(), id));
+                chosen
+                    .entry(channel.id)
+                    .or_insert_with(|| Logged { topic: channel.topic.clone(), messages: 0, ended: false })
+                    .messages += 1;
+            }
+        } else if let Some(stage) = channel.topic.strip_suffix(&format!("/{}", engine::CONNECTION_EVENTS))
+            && let Ok(event) = serde_json::from_slice::<serde_json::Value>(&message.data)
+            && event["event"] == "disconnected"
+            && let Some(id) = event["connection_id"].as_u64()
+        {
+            ended.insert((stage.to_owned(), id));
+        }
+    }
+    for (channel, logged) in &mut chosen {
+        logged.ended = ids.get(channel).is_some_and(|key| ended.contains(key));
+    }
+    Ok(chosen)
+}
+
+/// The line that says what the replay will open.
+fn plan_line(plan: &BTreeMap<u16, Logged>) -> String {
+    const SHOWN: usize = 8;
+    let mut topics: Vec<&str> = plan.values().map(|l| l.topic.as_str()).take(SHOWN).collect();
+    let more = format!("and {} more", plan.len().saturating_sub(SHOWN));
+    if plan.len() > SHOWN {
+        topics.push(&more);
+    }
+    let list = if topics.is_empty() { String::new() } else { format!(": {}", topics.join(", ")) };
+    format!("opening {}, one per logged connection{list}", human::plural(plan.len() as u64, "connection"))
 }
 
 /// After the last packet, how long the peers get to read everything and
@@ -45,6 +132,11 @@ const LINGER: Duration = Duration::from_secs(5);
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let messages = connection_messages(&args.file)?;
+    let plan = survey(&args)?;
+    if plan.is_empty() && !(args.conns.is_empty() && args.topics.is_empty()) {
+        bail!("no connection of {} matches --conn or --topic", args.file.display());
+    }
+    println!("{}", plan_line(&plan));
     let target = match (&args.connect, &args.listen) {
         (Some(address), _) => Target::Connect { addresses: resolve(address)?, name: address.clone() },
         (None, Some(address)) => {
@@ -57,23 +149,36 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let mut replay = Replay {
         target,
+        plan,
         connections: HashMap::new(),
         pacer: Pacer { speed: (!args.max).then_some(args.speed), origin: None },
         messages: 0,
         bytes: 0,
     };
     let started = Instant::now();
+    let progress = Progress::new();
+    let total_messages: u64 = replay.plan.values().map(|l| l.messages).sum();
     for message in messages {
         let message =
             message.with_context(|| format!("replay stopped after {} messages", replay.messages))?;
         replay.send(&message)?;
+        progress.show(|| {
+            format!(
+                "replayed {} of {} ({}) on {}",
+                replay.messages,
+                human::plural(total_messages, "message"),
+                human::bytes(replay.bytes as f64),
+                human::plural(replay.connections.len() as u64, "connection"),
+            )
+        });
     }
+    progress.clear();
     replay.finish();
     println!(
-        "replayed {} messages ({}) on {} connections in {:.2} s",
-        replay.messages,
+        "replayed {} ({}) on {} in {:.2} s",
+        human::plural(replay.messages, "message"),
         human::bytes(replay.bytes as f64),
-        replay.connections.len(),
+        human::plural(replay.connections.len() as u64, "connection"),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -86,6 +191,9 @@ enum Target {
 
 struct Replay {
     target: Target,
+    /// The connections to replay, by the log's channel id; `messages`
+    /// counts down as they are sent.
+    plan: BTreeMap<u16, Logged>,
     /// By the log's channel id.
     connections: HashMap<u16, TcpStream>,
     pacer: Pacer,
@@ -96,6 +204,9 @@ struct Replay {
 impl Replay {
     fn send(&mut self, message: &mcap::Message<'_>) -> anyhow::Result<()> {
         let channel = &message.channel;
+        let Some(logged) = self.plan.get_mut(&channel.id) else { return Ok(()) };
+        logged.messages = logged.messages.saturating_sub(1);
+        let last = logged.messages == 0 && logged.ended;
         if !self.connections.contains_key(&channel.id) {
             let stream = self.open(&channel.topic)?;
             // One segment per packet where the network allows it.
@@ -110,6 +221,11 @@ impl Replay {
         })?;
         self.messages += 1;
         self.bytes += message.data.len() as u64;
+        if last {
+            // The logged connection ended here: so does this one (its
+            // peer reads the rest; `finish` waits for it).
+            let _ = stream.shutdown(Shutdown::Write);
+        }
         Ok(())
     }
 
@@ -221,6 +337,14 @@ mod tests {
         assert!(elapsed >= Duration::from_millis(50) && elapsed < Duration::from_secs(2), "{elapsed:?}");
         let mut max = Pacer { speed: None, origin: None };
         max.wait_for(u64::MAX).unwrap();
+    }
+
+    #[test]
+    fn connection_topics_split_into_stage_and_id() {
+        assert_eq!(split_topic("ingest/packet_group/3"), Some(("ingest", 3)));
+        assert_eq!(split_topic("a/b/packet_group/18446744073709551615"), Some(("a/b", u64::MAX)));
+        assert_eq!(split_topic("ingest/socket_stats/3"), None);
+        assert_eq!(split_topic("ingest/packet_group/x"), None);
     }
 
     #[test]

@@ -4,13 +4,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use engine::config::{self, EngineConfig};
+use engine::records::ReceivePath;
 use engine::{
-    CONNECTION_EVENTS, EGRESS_PACKETS, Engine, EngineHandle, PACKET_GROUP, SOCKET_STATS, channel_name,
+    CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, Engine, EngineHandle, PACKET_GROUP, SOCKET_STATS,
+    channel_name,
 };
 use shm_bus::BusDir;
 
+use crate::executors;
 use crate::shutdown::StopSignals;
 
 #[derive(clap::Args, Debug)]
@@ -40,43 +43,66 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         Some(path) => EngineConfig::from_file(path)?,
         None => EngineConfig::default(),
     };
+    if config.tcp_server.is_empty() && config.tcp_client.is_empty() {
+        let file = args.config.as_deref().map_or("the configuration".into(), |p| p.display().to_string());
+        bail!("{file}: no stages: add a [[tcp_server]] or [[tcp_client]] table (see --print-default-config)");
+    }
     // `--bus`, then the file's [bus] dir, then $RINGEST_BUS or the default.
     let bus = bus_flag.or(config.bus.dir.as_deref()).map_or_else(BusDir::from_env, BusDir::new);
-    let servers: Vec<String> = config.tcp_server.iter().map(|s| s.name.clone()).collect();
-    let clients: Vec<(String, String)> =
-        config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
+    let servers: Vec<(String, String, Executors)> = config
+        .tcp_server
+        .iter()
+        .map(|s| {
+            (s.name.clone(), s.address.to_string(), (s.thread_processor_affinity.clone(), s.thread_priority))
+        })
+        .collect();
+    let clients: Vec<(String, String, Executors)> = config
+        .tcp_client
+        .iter()
+        // A client stage runs one executor, on the first listed core.
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.address.clone(),
+                (c.thread_processor_affinity.iter().copied().take(1).collect(), c.thread_priority),
+            )
+        })
+        .collect();
 
     // Before starting, so that a signal during start-up stops cleanly too.
     let mut stop = StopSignals::install()?;
     let engine = Engine::from_config(bus.clone(), config).start().context("starting the engine")?;
     println!("bus: {}", bus.path().display());
-    for name in &servers {
-        let address = match wait_listening(&engine, name, &mut stop) {
+    for (name, configured, cores) in &servers {
+        let address = match wait_listening(&engine, name, configured, &mut stop) {
             Ok(address) => address,
             Err(signal) => return shut_down(engine, signal),
         };
         println!("stage {name}: listening on {address}");
-        print_channels(name, "its clients");
+        print_stage(&engine, name, cores, "its clients");
     }
-    for (name, address) in &clients {
+    for (name, address, cores) in &clients {
         println!("stage {name}: connecting to {address}");
-        print_channels(name, "the server");
-    }
-    if servers.is_empty() && clients.is_empty() {
-        println!("no stages configured");
+        print_stage(&engine, name, cores, "the server");
     }
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
     shut_down(engine, signal)
 }
 
+/// The cores and the priority a stage's executors were configured with.
+type Executors = (Vec<usize>, u8);
+
 /// The address server stage `name` listens on, once it does, or the stop
-/// signal that came first.
+/// signal that came first. Says so once if binding takes a while (the
+/// stage retries forever, e.g. while the port is taken).
 fn wait_listening(
     engine: &EngineHandle,
     name: &str,
+    configured: &str,
     stop: &mut StopSignals,
 ) -> Result<SocketAddr, &'static str> {
+    let mut said = false;
     loop {
         if let Some(address) = engine.wait_bound(name, BIND_POLL) {
             return Ok(address);
@@ -84,14 +110,35 @@ fn wait_listening(
         if let Some(signal) = stop.received() {
             return Err(signal);
         }
+        if !said {
+            said = true;
+            println!(
+                "stage {name}: cannot listen on {configured} yet (port taken?); retrying until it can \
+                 (`ringest stats {name}` counts the attempts, RUST_LOG=info shows why)"
+            );
+        }
     }
 }
 
-fn print_channels(stage: &str, peers: &str) {
+/// The start-up lines of a stage after its first: receive path, executors
+/// and channels.
+fn print_stage(engine: &EngineHandle, stage: &str, (cores, priority): &Executors, peers: &str) {
+    let path = match engine.receive_path(stage) {
+        Some(ReceivePath::IoUringMultishot) => "io_uring multishot recv into shared memory",
+        Some(ReceivePath::GlommioRead) => "glommio read (recv when the socket is readable)",
+        None => "unknown",
+    };
+    println!("  receive path: {path}");
+    let threads = executors::of_stage(stage, cores.len().max(1));
+    println!("  {}", executors::describe(&threads, cores, *priority));
     let published: Vec<String> =
         [PACKET_GROUP, CONNECTION_EVENTS, SOCKET_STATS].iter().map(|c| channel_name(stage, c)).collect();
     println!("  publishes {}", published.join(", "));
-    println!("  sends what is published on {} to {peers}", channel_name(stage, EGRESS_PACKETS));
+    println!(
+        "  sends what is published on {} to {peers}; outcomes on {}",
+        channel_name(stage, EGRESS_PACKETS),
+        channel_name(stage, EGRESS_OUTCOMES)
+    );
 }
 
 fn shut_down(engine: EngineHandle, why: &str) -> anyhow::Result<()> {

@@ -38,11 +38,11 @@ pub fn run(args: StatsArgs, bus: &BusDir) -> anyhow::Result<()> {
     let mut first = true;
     follow(&mut reader, args.count.map(NonZeroU64::get), |sample| {
         if sample.kind() != records::KIND_SOCKET_STATS {
-            return Ok(false);
+            return Ok(0);
         }
         let decoded = records::decode::<SocketStats>(sample.payload());
         if !sample.is_valid() {
-            return Ok(false); // overwritten while decoding: the next one comes soon
+            return Ok(0); // overwritten while decoding: the next one comes soon
         }
         drop(sample);
         let stats = decoded.context("a socket stats record")?;
@@ -55,7 +55,7 @@ pub fn run(args: StatsArgs, bus: &BusDir) -> anyhow::Result<()> {
             writeln!(out, "{line}")?;
         }
         first = false;
-        Ok(true)
+        Ok(1)
     })
 }
 
@@ -67,8 +67,12 @@ fn render(stage: &str, stats: &SocketStats) -> Vec<String> {
         ReceivePath::GlommioRead => "glommio read",
         ReceivePath::IoUringMultishot => "io_uring multishot",
     };
+    let binding = match summary.bind_failures {
+        0 => String::new(),
+        n => format!(", {} to bind", human::plural(n, "failed attempt")),
+    };
     let mut lines = vec![format!(
-        "{stage}  {}  {} open, {} rejected, {} groups, {} backpressure stalls, {} receives out of buffers ({path})",
+        "{stage}  {}  {} open, {} rejected, {} groups, {} backpressure stalls, {} receives out of buffers{binding} ({path})",
         human::utc(stats.time_ns),
         summary.open_connections,
         summary.rejected_connections,

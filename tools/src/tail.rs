@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU64;
 
 use clap::ValueEnum;
-use engine::records::{self, ConnectionEvent, DisconnectReason, PacketMeta, SocketStats};
+use engine::records::{self, ConnectionEvent, DisconnectReason, EgressOutcome, PacketMeta, SocketStats};
 use serde_json::{Value, json};
 use shm_bus::{BusDir, Reader, ReaderOptions, StartAt};
 
@@ -19,7 +19,9 @@ use crate::log::json::{self as record_json, reason_name};
 pub struct TailArgs {
     /// The channel, like ingest/packet_group (`ringest ls` lists them).
     channel: String,
-    /// Exits after this many records.
+    /// Exits after printing this many packets, events, statistics or egress
+    /// records (a packet group record prints a line per packet; notices of
+    /// lost records do not count).
     #[arg(long, value_name = "N")]
     count: Option<NonZeroU64>,
     /// Prints JSON lines instead of text.
@@ -46,7 +48,9 @@ pub fn run(args: TailArgs, bus: &BusDir) -> anyhow::Result<()> {
     };
     let mut reader = Reader::attach(bus, &args.channel, ReaderOptions::lossy().start(start))?;
     let mut out = std::io::stdout().lock();
-    follow(&mut reader, args.count.map(NonZeroU64::get), |sample| {
+    let count = args.count.map(NonZeroU64::get);
+    let mut printed = 0;
+    follow(&mut reader, count, |sample| {
         let mut items = Vec::new();
         if sample.lost_before() > 0 {
             items.push(Item::Lost(sample.lost_before()));
@@ -55,11 +59,19 @@ pub fn run(args: TailArgs, bus: &BusDir) -> anyhow::Result<()> {
         // The producer may have overwritten the record while we decoded it.
         items.extend(if sample.is_valid() { decoded } else { vec![Item::Lost(1)] });
         drop(sample);
+        let mut shown = 0;
         for item in &items {
+            if count.is_some_and(|n| printed == n) {
+                break; // the rest of a group past --count
+            }
             let line = if args.json { item.json().to_string() } else { item.text() };
             writeln!(out, "{line}")?;
+            if !matches!(item, Item::Lost(_)) {
+                printed += 1;
+                shown += 1;
+            }
         }
-        Ok(true)
+        Ok(shown)
     })
 }
 
@@ -78,6 +90,10 @@ enum Item {
         target: Option<u64>,
         len: usize,
         head: Vec<u8>,
+    },
+    Outcome {
+        time_ns: u64,
+        outcome: EgressOutcome,
     },
     /// A record of a kind this tool does not know, or that did not decode.
     Other {
@@ -103,6 +119,9 @@ fn decode(kind: u16, time_ns: u64, payload: &[u8], head_len: usize) -> Vec<Item>
         records::KIND_EGRESS => records::decode_egress(payload).map(|(header, data)| {
             vec![Item::Egress { time_ns, target: header.target, len: data.len(), head: head(data) }]
         }),
+        records::KIND_EGRESS_OUTCOME => {
+            records::decode(payload).map(|outcome| vec![Item::Outcome { time_ns, outcome }])
+        }
         _ => Ok(vec![Item::Other { time_ns, kind, len: payload.len(), head: head(payload), error: None }]),
     };
     decoded.unwrap_or_else(|e| {
@@ -166,6 +185,19 @@ impl Item {
                 let to = target.map_or("every connection".to_owned(), |id| format!("conn {id}"));
                 format!("{}  egress to {to}  {len} B  {}", human::utc(*time_ns), hex_head(head, *len))
             }
+            Self::Outcome { time_ns, outcome: o } => {
+                let to = o.target.map_or("every connection".to_owned(), |id| format!("conn {id}"));
+                format!(
+                    "{}  egress record {} to {to}  {} B: {} delivered, dropped: {} buffer full, {} too large, {} closed",
+                    human::utc(*time_ns),
+                    o.egress_seq,
+                    o.bytes,
+                    o.delivered,
+                    o.dropped_buffer_full,
+                    o.dropped_too_large,
+                    o.dropped_connection_closed,
+                )
+            }
             Self::Other { time_ns, kind, len, head, error } => {
                 let error = error.as_ref().map(|e| format!("  (undecodable: {e})")).unwrap_or_default();
                 format!("{}  kind {kind}  {len} B  {}{error}", human::utc(*time_ns), hex_head(head, *len))
@@ -195,6 +227,19 @@ impl Item {
                 "target": target,
                 "len": len,
                 "data_hex": human::hex(head),
+            }),
+            Self::Outcome { time_ns, outcome: o } => json!({
+                "type": "egress_outcome",
+                "time_ns": time_ns,
+                "egress_generation": o.egress_generation,
+                "egress_shard": o.egress_shard,
+                "egress_seq": o.egress_seq,
+                "target": o.target,
+                "bytes": o.bytes,
+                "delivered": o.delivered,
+                "dropped_buffer_full": o.dropped_buffer_full,
+                "dropped_too_large": o.dropped_too_large,
+                "dropped_connection_closed": o.dropped_connection_closed,
             }),
             Self::Other { time_ns, kind, len, head, error } => json!({
                 "type": "unknown",

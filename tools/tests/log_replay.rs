@@ -84,6 +84,20 @@ impl Background {
         rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal).unwrap();
     }
 
+    /// Waits for the exit; returns the status and every stdout line.
+    fn wait_all(mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running; stdout: {:#?}", self.stdout);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stdout.extend(self.lines.iter());
+        (status, std::mem::take(&mut self.stdout))
+    }
+
     /// Waits for the exit; returns the status and the last stdout line.
     fn wait(mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + DEADLINE;
@@ -136,13 +150,13 @@ fn sha256_hex(data: &[u8]) -> String {
 /// through the summary section, or front to back if `stream`.
 fn mcap_summary(path: &Path, stream: bool) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcap_summary.py");
-    let output = Command::new("python3")
+    let output = common::python_with("mcap")
         .arg(script)
         .arg(path)
         .args(stream.then_some("--stream"))
         .output()
-        .expect("python3 runs");
-    assert!(output.status.success(), "mcap_summary.py (needs `pip install mcap`): {}", text(&output.stderr));
+        .expect("the test Python runs");
+    assert!(output.status.success(), "mcap_summary.py: {}", text(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -430,6 +444,184 @@ fn replay_listens_and_keeps_the_pace() {
     assert!(started.elapsed() >= Duration::from_millis(190), "{:?}: too fast", started.elapsed());
 }
 
+/// Writes an MCAP log as `ringest log` would: `connections` connection
+/// topics of stage `ingest`, the (connection, bytes) messages 10 ms apart,
+/// and a `disconnected` event after the last message of each connection in
+/// `ended`.
+fn write_log_with_events(path: &Path, connections: u64, messages: &[(u64, &[u8])], ended: &[u64]) {
+    let mut writer = mcap::Writer::new(std::fs::File::create(path).unwrap()).unwrap();
+    let metadata = BTreeMap::from([("peer".to_owned(), "127.0.0.1:1".to_owned())]);
+    let channels: Vec<u16> = (1..=connections)
+        .map(|id| {
+            let topic = format!("ingest/packet_group/{id}");
+            writer.add_channel(0, &topic, "application/octet-stream", &metadata).unwrap()
+        })
+        .collect();
+    let schema = writer.add_schema("ringest.ConnectionEvent", "jsonschema", b"{}").unwrap();
+    let events = writer.add_channel(schema, "ingest/connection_events", "json", &BTreeMap::new()).unwrap();
+    let mut sequence = 0;
+    let mut write = |writer: &mut mcap::Writer<std::fs::File>, channel_id: u16, data: &[u8]| {
+        sequence += 1;
+        let log_time = u64::from(sequence) * 10_000_000;
+        let header = mcap::records::MessageHeader { channel_id, sequence, log_time, publish_time: 0 };
+        writer.write_to_known_channel(&header, data).unwrap();
+    };
+    for (i, &(connection, data)) in messages.iter().enumerate() {
+        write(&mut writer, channels[connection as usize - 1], data);
+        let last = messages[i + 1..].iter().all(|&(c, _)| c != connection);
+        if last && ended.contains(&connection) {
+            let event =
+                format!(r#"{{"event":"disconnected","connection_id":{connection},"reason":"peer_closed"}}"#);
+            write(&mut writer, events, event.as_bytes());
+        }
+    }
+    writer.finish().unwrap();
+}
+
+/// `ringest replay FILE ARGS` in the background.
+fn replay(file: &Path, args: &[&str]) -> Background {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringest"));
+    command.arg("replay").arg(file).args(args);
+    Background::spawn(command)
+}
+
+#[test]
+fn replay_chooses_connections_and_says_how_many_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("three.mcap");
+    let messages: &[(u64, &[u8])] =
+        &[(1, b"one "), (2, b"two "), (3, b"three "), (1, b"1"), (2, b"2"), (3, b"3")];
+    write_log_with_events(&path, 3, messages, &[]);
+    for (args, expected) in [
+        (&["--conn", "2"][..], &["two 2"][..]),
+        (&["--topic", "ingest/packet_group/3", "--conn", "1"][..], &["one 1", "three 3"][..]),
+        (&[][..], &["one 1", "two 2", "three 3"][..]),
+    ] {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        let mut replayer = replay(&path, &[&["--connect", &addr, "--max"][..], args].concat());
+        let plan = replayer.line_starting("opening ");
+        let topics: Vec<String> = expected
+            .iter()
+            .map(|bytes| {
+                format!(
+                    "ingest/packet_group/{}",
+                    messages
+                        .iter()
+                        .position(|m| bytes.starts_with(std::str::from_utf8(m.1).unwrap()))
+                        .unwrap()
+                        + 1
+                )
+            })
+            .collect();
+        let opening = if expected.len() == 1 {
+            "1 connection".to_owned()
+        } else {
+            format!("{} connections", expected.len())
+        };
+        assert_eq!(
+            plan,
+            format!("opening {opening}, one per logged connection: {}", topics.join(", ")),
+            "{args:?}"
+        );
+        let mut received: Vec<String> = (0..expected.len())
+            .map(|_| {
+                let (mut stream, _) = server.accept().unwrap();
+                let mut data = String::new();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                stream.read_to_string(&mut data).unwrap();
+                data
+            })
+            .collect();
+        let (status, summary) = replayer.wait();
+        assert!(status.success(), "{args:?}: {summary}");
+        assert!(summary.contains(&format!("on {opening}")), "{args:?}: {summary}");
+        received.sort();
+        let mut expected = expected.to_vec();
+        expected.sort();
+        assert_eq!(received, expected, "{args:?}");
+        server.set_nonblocking(true).unwrap();
+        assert!(server.accept().is_err(), "{args:?}: one connection too many");
+    }
+    let (code, stderr) = failure_of(
+        Command::new(env!("CARGO_BIN_EXE_ringest")),
+        &["replay", path.to_str().unwrap(), "--connect", "127.0.0.1:1", "--conn", "9"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("matches --conn or --topic"), "{stderr}");
+}
+
+#[test]
+fn replay_listen_closes_each_stream_when_its_logged_connection_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sequential.mcap");
+    let messages: &[(u64, &[u8])] = &[(1, b"first "), (1, b"client"), (2, b"second "), (2, b"client")];
+    write_log_with_events(&path, 2, messages, &[1, 2]);
+    let mut replayer = replay(&path, &["--listen", "127.0.0.1:0", "--max"]);
+    let line = replayer.line_starting("listening on ");
+    let addr: SocketAddr = line["listening on ".len()..].parse().unwrap();
+    // One client after the other: each reads until its stream ends.
+    for expected in ["first client", "second client"] {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut data = String::new();
+        client.read_to_string(&mut data).expect("the stream ends when its logged connection ended");
+        assert_eq!(data, expected);
+    }
+    let (status, summary) = replayer.wait();
+    assert!(status.success(), "{summary}");
+    assert!(summary.starts_with("replayed 4 messages (25 B) on 2 connections"), "{summary}");
+}
+
+#[test]
+fn log_and_replay_print_labelled_progress_lines_off_a_terminal() {
+    let t = bus();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("progress.mcap");
+    let (engine, addr) = start_engine(&t.bus);
+    let mut collector = Collector::attach(&t.bus, STAGE);
+    let logger = Background::log(&t.bus, &[STAGE, "--seconds", "2.5", "--out", out.to_str().unwrap()]);
+    send_and_wait(addr, &mut collector, sizes(&[10_000]));
+    let (status, lines) = logger.wait_all();
+    assert!(status.success(), "{lines:#?}");
+    let progress: Vec<&String> = lines.iter().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(progress.len() >= 2, "a line a second: {lines:#?}");
+    let summary = lines.last().unwrap();
+    assert!(summary.contains(" from 1 connection and "), "singular: {summary}");
+    let last = progress.last().unwrap();
+    assert!(
+        last.contains(" s elapsed, logged ")
+            && last.contains(" packet")
+            && last.ends_with(", lost 0 records"),
+        "{last}"
+    );
+    engine.stop().unwrap();
+
+    // 150 messages 10 ms apart: 1.5 s at the logged pace.
+    let path = dir.path().join("paced.mcap");
+    let messages: Vec<(u64, &[u8])> = (0..150).map(|i| (1 + i % 2, &b"tick"[..])).collect();
+    write_log_with_events(&path, 2, &messages, &[]);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap().to_string();
+    let replayer = replay(&path, &["--connect", &target]);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut stream, _) = server.accept().unwrap();
+            std::thread::spawn(move || std::io::copy(&mut stream, &mut std::io::sink()).unwrap())
+        })
+        .collect();
+    let (status, lines) = replayer.wait_all();
+    assert!(status.success(), "{lines:#?}");
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), 75 * 4);
+    }
+    let progress = lines.iter().find(|l| l.starts_with("progress: ")).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        progress.contains(" s elapsed, replayed ") && progress.contains(" of 150 messages ("),
+        "{progress}"
+    );
+}
+
 #[test]
 fn a_killed_logger_leaves_a_file_readable_up_to_its_last_chunk() {
     let t = bus();
@@ -469,6 +661,11 @@ fn the_demo_checks_every_byte() {
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
     assert!(stdout.contains("check:  OK, every byte sent is in the log (8 of 8"), "{stdout}");
+    // Not on a terminal: plain progress lines, each figure labelled.
+    let progress = stdout.lines().find(|l| l.starts_with("progress: ")).unwrap_or_else(|| panic!("{stdout}"));
+    for label in [" s elapsed, received ", "/s, ", " packets in ", " groups, sent ", ", logged "] {
+        assert!(progress.contains(label), "{label:?} not in {progress}");
+    }
     // Its bus and its temporary log are gone.
     let after = |prefix: &str| -> PathBuf {
         let line = stdout.lines().find_map(|l| l.split_once(prefix)).expect(prefix).1;

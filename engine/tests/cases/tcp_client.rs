@@ -165,7 +165,7 @@ fn socat_as_the_server() {
             &format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"),
         ])
         .spawn()
-        .expect("socat is installed (apt-get install socat; .ci/run does)");
+        .unwrap_or_else(|e| panic!("socat cannot run ({e}): run scripts/test (or apt-get install socat)"));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // The stage retries until socat listens, then gets the file.
     let engine = start_client(&t.bus, client_config("socat", addr));

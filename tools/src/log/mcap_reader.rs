@@ -21,15 +21,24 @@ const RECORD_LIMIT: usize = 1 << 30;
 pub struct ConnectionMessages {
     messages: mcap::io::MessageReader<BufReader<File>>,
     path: PathBuf,
+    /// Whether messages of other topics (events, stats) come too.
+    every_topic: bool,
 }
 
 /// Opens the log file at `path`.
 pub fn connection_messages(path: &Path) -> anyhow::Result<ConnectionMessages> {
+    let mut messages = log_messages(path)?;
+    messages.every_topic = false;
+    Ok(messages)
+}
+
+/// Opens the log file at `path` for every message, whatever its topic.
+pub fn log_messages(path: &Path) -> anyhow::Result<ConnectionMessages> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let options =
         LinearReaderOptions::default().with_validate_chunk_crcs(true).with_record_length_limit(RECORD_LIMIT);
     let messages = mcap::io::MessageReader::new_with_options(BufReader::new(file), options);
-    Ok(ConnectionMessages { messages, path: path.to_owned() })
+    Ok(ConnectionMessages { messages, path: path.to_owned(), every_topic: true })
 }
 
 impl Iterator for ConnectionMessages {
@@ -41,8 +50,9 @@ impl Iterator for ConnectionMessages {
         loop {
             match self.messages.next()? {
                 Ok(message)
-                    if message.channel.message_encoding == PACKET_ENCODING
-                        && is_connection_topic(&message.channel.topic) =>
+                    if self.every_topic
+                        || message.channel.message_encoding == PACKET_ENCODING
+                            && is_connection_topic(&message.channel.topic) =>
                 {
                     return Some(Ok(message));
                 }

@@ -53,6 +53,23 @@ pub fn failure_of(mut command: Command, args: &[&str]) -> (i32, String) {
     (status.code().expect("an exit code, not a signal"), text(&stderr))
 }
 
+/// The Python interpreter of the tests, with `module` importable:
+/// `$RINGEST_TEST_PYTHON` (the virtual environment `scripts/test` makes),
+/// else `python3`. Fails the test in one line naming what is missing and
+/// how to install it.
+pub fn python_with(module: &str) -> Command {
+    let python = std::env::var_os("RINGEST_TEST_PYTHON").unwrap_or_else(|| "python3".into());
+    let shown = Path::new(&python).display().to_string();
+    let probe = Command::new(&python).args(["-c", &format!("import {module}")]).output();
+    match probe {
+        Err(e) => panic!("{shown} cannot run ({e}): run scripts/test (or apt-get install python3)"),
+        Ok(out) if !out.status.success() => {
+            panic!("Python package {module} missing for {shown}: run scripts/test (or pip install {module})")
+        }
+        Ok(_) => Command::new(python),
+    }
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -141,6 +158,13 @@ impl Daemon {
         }
     }
 
+    /// Kills it (SIGKILL), as a crash would: its channels stay live with a
+    /// dead producer.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the exit, reading the rest of stdout.
     pub fn stop(&mut self) -> ExitStatus {
         let pid = rustix::process::Pid::from_child(&self.child);
@@ -175,6 +199,8 @@ pub struct Collector {
     /// Bytes by the connection's peer address.
     pub bytes: HashMap<SocketAddr, Vec<u8>>,
     pub records: u64,
+    /// Packets in those records.
+    pub packets: u64,
     pub ended: bool,
 }
 
@@ -182,7 +208,7 @@ impl Collector {
     pub fn attach(bus: &BusDir, stage: &str) -> Self {
         let options = ReaderOptions::gated().start(StartAt::Oldest);
         let reader = Reader::attach(bus, &format!("{stage}/packet_group"), options).unwrap();
-        Self { reader, bytes: HashMap::new(), records: 0, ended: false }
+        Self { reader, bytes: HashMap::new(), records: 0, packets: 0, ended: false }
     }
 
     /// Reads what arrives within `wait`.
@@ -196,6 +222,7 @@ impl Collector {
                     for packet in records::decode_group(sample.payload()).unwrap() {
                         let peer = SocketAddr::from(packet.meta.peer);
                         self.bytes.entry(peer).or_default().extend_from_slice(packet.data);
+                        self.packets += 1;
                     }
                     self.records += 1;
                 }
