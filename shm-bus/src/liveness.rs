@@ -104,6 +104,13 @@ pub(crate) fn producer_alive(id: &ReaderIdentity, heartbeat_ns: u64) -> bool {
     pid_alive(id).unwrap_or_else(|| heartbeat_fresh(heartbeat_ns))
 }
 
+/// Whether a CLAIMING slot was abandoned: its claimant stores a heartbeat
+/// right after claiming and activates the slot microseconds later, so a
+/// claim silent for [`FOREIGN_HEARTBEAT_TIMEOUT`] died on the way.
+pub(crate) fn claim_abandoned(slot: &SlotSnapshot) -> bool {
+    !heartbeat_fresh(slot.heartbeat_ns)
+}
+
 /// How often a producer refreshes its heartbeat.
 pub(crate) const PRODUCER_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 

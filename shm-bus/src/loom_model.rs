@@ -111,7 +111,10 @@ impl Model {
     fn register(&self, state: u32) -> (SlotHold, u64) {
         let claiming = self.slots.try_claim(0, self.slots.owner(0)).expect("slot 0 is free");
         let start = self.shard.tail_pos();
-        let mut hold = self.slots.fill(0, claiming, Default::default(), 0, 0, &[start]);
+        let mut hold = self
+            .slots
+            .fill(0, claiming, Default::default(), 0, 0, &[start])
+            .expect("nobody else claims slot 0");
         self.slots.activate(&mut hold, state, &self.words.readers).expect("nobody else claims slot 0");
         (hold, start)
     }
@@ -151,7 +154,7 @@ impl Model {
         }
         let claiming = self.slots.try_claim(0, seen)?;
         let start = self.shard.tail_pos();
-        let mut hold = self.slots.fill(0, claiming, Default::default(), 0, 0, &[start]);
+        let mut hold = self.slots.fill(0, claiming, Default::default(), 0, 0, &[start]).ok()?;
         self.slots.activate(&mut hold, slot_state::GATED, &self.words.readers).ok()?;
         let start = self.slots.settle_gated_start(&mut hold, 0, &self.shard).ok()?;
         Some(self.reader_in_slot(start, hold, true))

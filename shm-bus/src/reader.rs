@@ -147,10 +147,14 @@ fn claim_slot(map: &ChannelMap) -> Option<(usize, u64)> {
     // of us gets it, and never a slot that changed hands meanwhile.
     let taken = (0..slots.count).find_map(|i| {
         let snap = slots.snapshot(i);
-        if snap.state != slot_state::LOSSY && snap.state != slot_state::GATED {
-            return None;
-        }
-        if !liveness::slot_holder_dead(&snap) {
+        let dead = match snap.state {
+            slot_state::LOSSY | slot_state::GATED => liveness::slot_holder_dead(&snap),
+            // A claim takes microseconds: a CLAIMING slot without a
+            // heartbeat for seconds lost its claimant before activation.
+            slot_state::CLAIMING => liveness::claim_abandoned(&snap),
+            _ => false,
+        };
+        if !dead {
             return None;
         }
         slots.try_claim(i, snap.owner).map(|claiming| (i, claiming))
@@ -195,7 +199,10 @@ fn register(
     // changed it: only a party that misjudged us dead can) starts over.
     let hold = loop {
         let Some((i, claiming)) = claim_slot(map) else { break None };
-        let mut hold = slots.fill(i, claiming, me, monotonic_ns(), liveness::realtime_ns(), &positions);
+        let Ok(mut hold) = slots.fill(i, claiming, me, monotonic_ns(), liveness::realtime_ns(), &positions)
+        else {
+            continue;
+        };
         if slots.activate(&mut hold, state, &map.words.readers).is_err() {
             continue;
         }
@@ -413,7 +420,7 @@ impl Reader {
             let opts = ReaderOptions { start: StartAt::Oldest, ..self.opts };
             let (cursors, slot) = register(&map, opts)?;
             if let Some(old) = self.slot.take() {
-                self.map.slots.free(&old);
+                self.map.slots.free(&old, monotonic_ns());
             }
             self.map = Arc::new(map);
             self.heads = vec![None; cursors.len()];
@@ -517,7 +524,7 @@ impl Drop for Reader {
         self.flush_accounting();
         if let Some(hold) = &self.slot {
             // Only if it is still ours: a reaped slot may be another's now.
-            self.map.slots.free(hold);
+            self.map.slots.free(hold, monotonic_ns());
         }
     }
 }

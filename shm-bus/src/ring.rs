@@ -582,7 +582,11 @@ impl Slots {
     }
 
     /// Fills a slot claimed as `claiming` with our identity and per-shard
-    /// positions; returns the hold to [`Slots::activate`].
+    /// positions; returns the hold to [`Slots::activate`]. The heartbeat
+    /// comes first: a CLAIMING slot without a heartbeat for a while is one
+    /// whose claimant died before activating it, which another reader may
+    /// take over; if that happened to us (we stalled right after the
+    /// claim), we stop before touching the rest.
     pub(crate) fn fill(
         &self,
         slot: usize,
@@ -591,13 +595,17 @@ impl Slots {
         now_ns: u64,
         realtime_ns: u64,
         positions: &[u64],
-    ) -> SlotHold {
+    ) -> Result<SlotHold, SlotLost> {
         // Relaxed: published by the Release swap in `activate`.
+        self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+        // Relaxed: an early answer; `activate`'s swap decides.
+        if self.owner_word(slot).load(Ordering::Relaxed) != claiming {
+            return Err(SlotLost);
+        }
         let s = self.slot_size * slot;
         self.region.u32_at(s + reader_slot::PID).store(id.pid, Ordering::Relaxed);
         self.word64(slot, reader_slot::START_TIME).store(id.start_time, Ordering::Relaxed);
         self.word64(slot, reader_slot::PID_NS).store(id.pid_ns, Ordering::Relaxed);
-        self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
         self.word64(slot, reader_slot::LOST).store(0, Ordering::Relaxed);
         self.word64(slot, reader_slot::RECEIVED).store(0, Ordering::Relaxed);
         self.word64(slot, reader_slot::ATTACHED_REALTIME_NS).store(realtime_ns, Ordering::Relaxed);
@@ -605,7 +613,7 @@ impl Slots {
             self.position_word(slot, shard).store(pos, Ordering::Relaxed);
             self.next_seq_word(slot, shard).store(u64::MAX, Ordering::Relaxed);
         }
-        SlotHold { index: slot, owner: claiming, released: positions.to_vec() }
+        Ok(SlotHold { index: slot, owner: claiming, released: positions.to_vec() })
     }
 
     /// Makes a filled slot visible as `state` (LOSSY or GATED). For a gated
@@ -720,8 +728,14 @@ impl Slots {
         Ok(())
     }
 
-    /// Frees our slot (reader detach), if it is still ours.
-    pub(crate) fn free(&self, hold: &SlotHold) -> bool {
+    /// Frees our slot (reader detach), if it is still ours. The heartbeat
+    /// is refreshed first, so that the next claimant's CLAIMING word does
+    /// not look abandoned (see [`Slots::fill`]).
+    pub(crate) fn free(&self, hold: &SlotHold, now_ns: u64) -> bool {
+        // Relaxed: a liveness hint; only while the slot is ours.
+        if self.owner_word(hold.index).load(Ordering::Relaxed) == hold.owner {
+            self.word64(hold.index, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+        }
         let free = slot_state::owner_word(slot_state::FREE, slot_state::epoch_of(hold.owner));
         // Release: orders our last position stores before the slot looks
         // free, which keeps introspection sane; nothing else depends on it.
