@@ -41,7 +41,11 @@ pub enum StartAt {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReaderOptions {
     /// Gated (lossless): the producer never overwrites what this reader has
-    /// not released, and reports Full instead. Lossy readers (the default)
+    /// not released, and reports Full instead. Should the producer ever
+    /// judge the reader dead and reap its slot (only a reader in another
+    /// pid namespace silent for [`crate::FOREIGN_HEARTBEAT_TIMEOUT`] can be
+    /// misjudged), the reader fails with [`RecvError::SlotLost`] rather
+    /// than turn lossy unnoticed. Lossy readers (the default)
     /// never slow the producer; when lapped they skip to the oldest retained
     /// record and count what they lost.
     pub gated: bool,
