@@ -20,7 +20,9 @@ use crate::layout::{
     readers_header as rh,
 };
 use crate::liveness;
-use crate::ring::{Arc, ChannelWords, Mapping, Region, ShardMem, Slots, set_channel_state};
+use crate::ring::{
+    Arc, ChannelWords, Mapping, Region, ShardMem, Slots, monotonic_ns, producer_heartbeat, set_channel_state,
+};
 
 /// The environment variable that overrides the default bus directory.
 pub const BUS_ENV: &str = "RINGEST_BUS";
@@ -324,6 +326,12 @@ fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), C
 
 /// Looks at an existing channel file before replacing it. Fails when a live
 /// producer owns it; marks it REPLACED (waking its readers) when not.
+///
+/// "This process" is the whole identity (pid, start time, pid namespace),
+/// never the pid alone: two containers that share a bus may both run their
+/// producer as pid 1. A producer in another pid namespace is judged by its
+/// heartbeat: it keeps the channel while it beats, and a producer started
+/// anywhere takes the channel over once it stopped.
 fn retire_old(name: &str, path: &Path) -> Result<(), CreateError> {
     let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
         return Ok(()); // absent (or unreadable: the rename replaces it anyway)
@@ -331,19 +339,19 @@ fn retire_old(name: &str, path: &Path) -> Result<(), CreateError> {
     let Ok((geometry, _)) = read_geometry(&file, path) else {
         return Ok(()); // corrupt or foreign: nothing can be attached to it
     };
-    if liveness::pid_alive(&geometry.producer_identity()) != Some(false)
-        && geometry.producer_pid != std::process::id()
-    {
+    let Ok(map) = Mapping::map(&file, true) else {
+        return Ok(()); // cannot be mapped: nothing can be attached to it either
+    };
+    let page = Region::whole(Arc::new(map)).sub(0, PAGE as usize);
+    let owner = geometry.producer_identity();
+    if owner != liveness::own_identity() && liveness::producer_alive(&owner, producer_heartbeat(&page)) {
         return Err(CreateError::Busy {
             name: name.to_owned(),
             pid: geometry.producer_pid,
             path: path.to_owned(),
         });
     }
-    if let Ok(map) = Mapping::map(&file, true) {
-        let page = Region::whole(Arc::new(map)).sub(0, PAGE as usize);
-        set_channel_state(&page, channel_state::REPLACED);
-    }
+    set_channel_state(&page, channel_state::REPLACED);
     Ok(())
 }
 
@@ -400,6 +408,7 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
     put_u32(&mut chdr, ch::STATE, channel_state::LIVE);
     put_u32(&mut chdr, ch::NAME_LEN, name.len() as u32);
     put_u64(&mut chdr, ch::PRODUCER_PID_NS, me.pid_ns);
+    put_u64(&mut chdr, ch::PRODUCER_HEARTBEAT_NS, monotonic_ns());
     chdr[ch::NAME..ch::NAME + name.len()].copy_from_slice(name.as_bytes());
     let ring_size = layout::ring_file_size(opts.shards, opts.capacity);
     create_file(&ring_path, opts.mode, ring_size, &chdr)?;

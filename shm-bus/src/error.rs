@@ -58,6 +58,16 @@ pub enum ReserveError {
 pub enum RecvError {
     #[error("channel {name} shard {shard} is corrupt at position {pos}: {what}")]
     Corrupt { name: String, shard: u32, pos: u64, what: String },
+    /// A gated reader lost its reader slot: the producer judged its process
+    /// dead (e.g. a reader in another pid namespace silent for
+    /// [`crate::FOREIGN_HEARTBEAT_TIMEOUT`]) and reaped the slot, which
+    /// another reader may hold by now. Records this reader had not read
+    /// may have been overwritten, so it cannot stay lossless: it never
+    /// touches the slot again and fails every call; attach anew.
+    #[error(
+        "gated reader of channel {name} lost its reader slot {slot} (judged dead and reaped): records may have been overwritten; attach again"
+    )]
+    SlotLost { name: String, slot: u32 },
     #[error("reattaching after a producer restart: {0}")]
     Reattach(#[from] AttachError),
 }

@@ -18,7 +18,7 @@ pub const RING_MAGIC: [u8; 8] = *b"RNGSTBUS";
 /// First 8 bytes of a `.readers` file.
 pub const READERS_MAGIC: [u8; 8] = *b"RNGSTRDR";
 /// Layout version; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size of the channel header and of each shard header: one page, so every
 /// data ring starts page aligned.
@@ -55,7 +55,7 @@ pub mod channel_state {
     pub const REPLACED: u32 = 3;
 }
 
-/// `ReaderSlot.state` values.
+/// `ReaderSlot.state` values: the low 32 bits of a slot's owner word.
 pub mod slot_state {
     pub const FREE: u32 = 0;
     /// Being filled in by a reader that just claimed it.
@@ -65,6 +65,24 @@ pub mod slot_state {
     /// A gated (lossless) reader: the producer never overwrites what it has
     /// not released.
     pub const GATED: u32 = 3;
+
+    /// A slot's owner word: `state` in the low 32 bits, the claim epoch in
+    /// the high 32. Every claim bumps the epoch, so the word names one
+    /// holder: a compare-and-swap against a word seen earlier fails once
+    /// the slot changed hands, however often.
+    pub const fn owner_word(state: u32, epoch: u32) -> u64 {
+        state as u64 | (epoch as u64) << 32
+    }
+
+    /// The state part of an owner word.
+    pub const fn state_of(owner: u64) -> u32 {
+        owner as u32
+    }
+
+    /// The claim-epoch part of an owner word.
+    pub const fn epoch_of(owner: u64) -> u32 {
+        (owner >> 32) as u32
+    }
 }
 
 /// Byte offsets inside the channel header (file offset 0).
@@ -85,6 +103,9 @@ pub mod channel_header {
     pub const NOTIFY: usize = 84;
     pub const NAME_LEN: usize = 88;
     pub const PRODUCER_PID_NS: usize = 96;
+    /// `CLOCK_MONOTONIC` ns of the producer's last sign of life (a shared
+    /// word): judges a producer in another pid namespace.
+    pub const PRODUCER_HEARTBEAT_NS: usize = 104;
     pub const NAME: usize = 128;
     pub const END: usize = NAME + super::MAX_NAME + 1;
 }
@@ -140,14 +161,18 @@ pub mod readers_header {
 
 /// Byte offsets inside a reader slot (at `READERS_HEADER_SIZE + i * slot_size`).
 pub mod reader_slot {
-    pub const STATE: usize = 0;
-    pub const PID: usize = 4;
+    /// The owner word (u64): state and claim epoch (see
+    /// [`super::slot_state::owner_word`]).
+    pub const OWNER: usize = 0;
     pub const START_TIME: usize = 8;
     pub const PID_NS: usize = 16;
     pub const HEARTBEAT_NS: usize = 24;
     pub const LOST: usize = 32;
     pub const RECEIVED: usize = 40;
     pub const ATTACHED_REALTIME_NS: usize = 48;
+    /// The holder's pid (u32; moved here from offset 4 in version 2, where
+    /// the owner word's epoch now lives).
+    pub const PID: usize = 56;
     /// Per shard: `position` (u64) then `next_seq` (u64).
     pub const SHARDS: usize = 64;
     pub const PER_SHARD: usize = 16;

@@ -6,7 +6,9 @@
 //! `RUSTFLAGS="--cfg loom" cargo test -p shm-bus --test loom --release`.
 
 use crate::layout::{self, READERS_HEADER_SIZE, reader_slot_size, slot_state};
-use crate::ring::{Arena, ChannelWords, CursorCore, Head, NoSpace, Region, ShardMem, Slots, WriterCore};
+use crate::ring::{
+    Arena, ChannelWords, CursorCore, Head, NoSpace, Region, ShardMem, SlotHold, Slots, WriterCore,
+};
 
 /// Bytes of the model's data ring: room for three one-word records
 /// (40 bytes each) before the writer must reclaim, so laps happen early.
@@ -84,39 +86,78 @@ impl Model {
             cursor: CursorCore::new(self.shard.clone(), self.shard.tail_pos(), u64::MAX, false),
             slot: None,
             slots: self.slots.clone(),
+            lost_slot: false,
         }
     }
 
     /// A gated reader registering in slot 0 (racing the writer), starting
     /// at the oldest record.
     pub fn gated_reader(&self) -> ModelReader {
-        self.register(slot_state::GATED);
-        let start = self.slots.settle_gated_start(0, 0, &self.shard);
-        self.reader_in_slot(start, true)
+        let (mut hold, _) = self.register(slot_state::GATED);
+        let start =
+            self.slots.settle_gated_start(&mut hold, 0, &self.shard).expect("nobody else writes the slot");
+        self.reader_in_slot(start, hold, true)
     }
 
     /// A lossy reader registered in slot 0, starting at the oldest record:
     /// the writer never waits for it, but sees its position.
     pub fn registered_lossy_reader(&self) -> ModelReader {
-        let start = self.register(slot_state::LOSSY);
-        self.reader_in_slot(start, false)
+        let (hold, start) = self.register(slot_state::LOSSY);
+        self.reader_in_slot(start, hold, false)
     }
 
-    /// Takes slot 0 as `state` at the oldest record; returns that position.
-    fn register(&self, state: u32) -> u64 {
-        assert!(self.slots.try_claim(0, slot_state::FREE));
+    /// Takes slot 0 (FREE) as `state` at the oldest record; returns the
+    /// hold and that position.
+    fn register(&self, state: u32) -> (SlotHold, u64) {
+        let claiming = self.slots.try_claim(0, self.slots.owner(0)).expect("slot 0 is free");
         let start = self.shard.tail_pos();
-        self.slots.fill(0, Default::default(), 0, 0, &[start]);
-        self.slots.activate(0, state, &self.words.readers);
-        start
+        let mut hold = self
+            .slots
+            .fill(0, claiming, Default::default(), 0, 0, &[start])
+            .expect("nobody else claims slot 0");
+        self.slots.activate(&mut hold, state, &self.words.readers).expect("nobody else claims slot 0");
+        (hold, start)
     }
 
-    fn reader_in_slot(&self, start: u64, gated: bool) -> ModelReader {
+    fn reader_in_slot(&self, start: u64, hold: SlotHold, gated: bool) -> ModelReader {
         ModelReader {
             cursor: CursorCore::new(self.shard.clone(), start, u64::MAX, gated),
-            slot: Some(0),
+            slot: Some(hold),
             slots: self.slots.clone(),
+            lost_slot: false,
         }
+    }
+
+    /// The owner word of slot 0 (state and claim epoch).
+    pub fn owner(&self) -> u64 {
+        self.slots.owner(0)
+    }
+
+    /// Reaps slot 0 as a writer does that judged its holder dead: judged
+    /// under the owner word `judged` (read before the liveness check), so
+    /// it fails if the slot changed hands since.
+    pub fn reap(&self, judged: u64) -> bool {
+        self.slots.reap(0, judged)
+    }
+
+    /// Registers a gated reader in slot 0 as `Reader::attach` does: a FREE
+    /// slot, or one whose holder is dead. `dead` is the owner word of the
+    /// one holder this model's liveness check calls dead (the real check
+    /// reads the identity stored under the word it loaded). `None` when the
+    /// slot is taken by a live reader. (The identity loads are left out:
+    /// the model judges by the word alone.)
+    pub fn try_register_gated(&self, dead: u64) -> Option<ModelReader> {
+        let seen = self.slots.owner(0);
+        let state = slot_state::state_of(seen);
+        if state != slot_state::FREE && seen != dead {
+            return None;
+        }
+        let claiming = self.slots.try_claim(0, seen)?;
+        let start = self.shard.tail_pos();
+        let mut hold = self.slots.fill(0, claiming, Default::default(), 0, 0, &[start]).ok()?;
+        self.slots.activate(&mut hold, slot_state::GATED, &self.words.readers).ok()?;
+        let start = self.slots.settle_gated_start(&mut hold, 0, &self.shard).ok()?;
+        Some(self.reader_in_slot(start, hold, true))
     }
 
     /// Counters of the shard: (start-overs, skips ahead).
@@ -154,7 +195,7 @@ pub struct Got {
     /// Records lost (lapped) right before this one.
     pub lost: u64,
     /// Whether the record was still intact after its payload was read (a
-    /// lossy reader drops it otherwise).
+    /// lossy reader drops it otherwise), as `Sample::is_valid` says.
     pub valid: bool,
 }
 
@@ -162,27 +203,61 @@ pub struct Got {
 #[derive(Debug)]
 pub struct ModelReader {
     cursor: CursorCore,
-    slot: Option<usize>,
+    slot: Option<SlotHold>,
     slots: Slots,
+    /// A gated reader whose slot was taken from it (the real reader fails
+    /// with `SlotLost` from then on).
+    lost_slot: bool,
 }
 
 impl ModelReader {
     /// Reads the next record, if one is published. Panics if a record that
-    /// validates carries a payload or header that is not its own.
+    /// validates carries a payload or header that is not its own. A gated
+    /// reader that finds its slot taken (before or after reading) reports
+    /// no record and remembers it ([`ModelReader::lost_slot`]), as the real
+    /// reader fails with `SlotLost`.
     pub fn try_recv(&mut self) -> Option<Got> {
-        let head: Head = self.cursor.peek().expect("model data is never corrupt")?;
+        if self.lost_slot {
+            return None;
+        }
+        let head: Head = match self.cursor.peek() {
+            Ok(head) => head?,
+            // A gated reader whose gate someone else moved may read a newer
+            // lap's header: that is a lost slot, not corrupt data.
+            Err(_) if self.cursor.gated && !self.holds() => {
+                self.lost_slot = true;
+                return None;
+            }
+            Err(corrupt) => panic!("model data is never corrupt: {corrupt:?}"),
+        };
         let word = self.cursor.payload_word(&head, 0);
-        let valid = self.cursor.still_valid(&head);
+        let valid = if self.cursor.gated { self.holds() } else { self.cursor.still_valid(&head) };
+        if self.cursor.gated && !valid {
+            self.lost_slot = true;
+            return None;
+        }
         self.cursor.advance(&head);
-        if let Some(slot) = self.slot {
-            self.slots.release(slot, 0, self.cursor.position(), self.cursor.next_seq());
+        if let Some(hold) = &mut self.slot
+            && self.slots.release(hold, 0, self.cursor.position(), self.cursor.next_seq()).is_err()
+        {
+            self.lost_slot = self.cursor.gated;
+            self.slot = None;
         }
         if valid {
             assert_eq!(word, payload_of(head.seq), "a validated record had a torn or stale payload");
             assert_eq!(head.timestamp_ns, head.seq, "a validated record had a torn header");
-        } else {
-            assert!(!self.cursor.gated, "a gated reader's record was overwritten");
         }
         Some(Got { seq: head.seq, lost: head.lost, valid })
+    }
+
+    /// Whether our slot still gates where we left it (`Sample::is_valid` of
+    /// a gated reader).
+    fn holds(&self) -> bool {
+        self.slot.as_ref().is_some_and(|hold| self.slots.holds(hold, 0))
+    }
+
+    /// Whether this gated reader found its slot taken.
+    pub fn lost_slot(&self) -> bool {
+        self.lost_slot
     }
 }

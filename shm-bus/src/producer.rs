@@ -16,13 +16,15 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::channel::{self, BusDir, ChannelMap, ChannelOptions};
 use crate::error::{CreateError, ReserveError};
 use crate::layout::{self, channel_state};
 use crate::liveness;
-use crate::ring::{Arc, NoSpace, Reserved, WriterCore};
+use crate::ring::{Arc, NoSpace, Reserved, WriterCore, monotonic_ns};
 
 /// The owner of a channel. Dropping it (or [`Producer::end`]) marks the
 /// channel ended, so readers see the end of the stream.
@@ -33,6 +35,10 @@ pub struct Producer {
     taken: Mutex<Vec<bool>>,
     /// See [`ChannelOptions::hot_window`].
     hot_window: u64,
+    /// The thread that refreshes the producer's heartbeat in the channel
+    /// header (how a producer in another pid namespace tells that this one
+    /// is alive), and the sender whose drop stops it.
+    heartbeat: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 impl fmt::Debug for Producer {
@@ -45,12 +51,27 @@ impl Producer {
     /// Creates channel `name` in `bus`, replacing the files of a dead
     /// producer. Fails with [`CreateError::Busy`] if a live producer owns it.
     pub fn create(bus: &BusDir, name: &str, opts: ChannelOptions) -> Result<Self, CreateError> {
-        let map = channel::create(bus, name, &opts)?;
+        let map = Arc::new(channel::create(bus, name, &opts)?);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let words = map.words.clone();
+        let beat = move || {
+            // Sleeps (no spinning) until the producer is dropped.
+            while let Err(RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(liveness::PRODUCER_HEARTBEAT_EVERY)
+            {
+                words.beat_producer(monotonic_ns());
+            }
+        };
+        let thread =
+            std::thread::Builder::new().name("shm-bus-heartbeat".into()).spawn(beat).map_err(|source| {
+                CreateError::Io { op: "start the heartbeat thread of", path: map.ring_path.clone(), source }
+            })?;
         Ok(Self {
-            map: Arc::new(map),
+            map,
             name: name.to_owned(),
             taken: Mutex::new(vec![false; opts.shards as usize]),
             hot_window: opts.hot_window,
+            heartbeat: Some((stop, thread)),
         })
     }
 
@@ -101,6 +122,10 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.heartbeat.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         if self.map.is_current() {
             self.map.words.set_state(channel_state::ENDED);
         }

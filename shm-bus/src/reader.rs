@@ -23,7 +23,7 @@ use crate::channel::{self, BusDir, ChannelMap, ChannelState};
 use crate::error::{AttachError, RecvError};
 use crate::layout::slot_state;
 use crate::liveness;
-use crate::ring::{Arc, CursorCore, Head, monotonic_ns};
+use crate::ring::{Arc, CursorCore, Head, SlotHold, monotonic_ns};
 
 /// Where a new reader starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,7 +41,11 @@ pub enum StartAt {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReaderOptions {
     /// Gated (lossless): the producer never overwrites what this reader has
-    /// not released, and reports Full instead. Lossy readers (the default)
+    /// not released, and reports Full instead. Should the producer ever
+    /// judge the reader dead and reap its slot (only a reader in another
+    /// pid namespace silent for [`crate::FOREIGN_HEARTBEAT_TIMEOUT`] can be
+    /// misjudged), the reader fails with [`RecvError::SlotLost`] rather
+    /// than turn lossy unnoticed. Lossy readers (the default)
     /// never slow the producer; when lapped they skip to the oldest retained
     /// record and count what they lost.
     pub gated: bool,
@@ -104,8 +108,11 @@ pub struct Reader {
     /// The record each cursor stands on, once peeked.
     heads: Vec<Option<Head>>,
     /// Our slot in the `.readers` file (a lossy reader may have none when
-    /// all slots are taken).
-    slot: Option<usize>,
+    /// all slots are taken, or after losing it).
+    slot: Option<SlotHold>,
+    /// A gated reader whose slot was taken from it (it was judged dead and
+    /// reaped): every call fails with [`RecvError::SlotLost`] from then on.
+    lost_slot: Option<usize>,
     stats: ReaderStats,
     /// Counts not yet flushed into the slot.
     unaccounted: (u64, u64),
@@ -118,32 +125,57 @@ impl fmt::Debug for Reader {
             .field("channel", &self.name)
             .field("opts", &self.opts)
             .field("generation", &self.map.geometry.generation)
-            .field("slot", &self.slot)
+            .field("slot", &self.slot.as_ref().map(|hold| hold.index))
             .field("stats", &self.stats)
             .finish()
     }
 }
 
-/// Claims a slot and places cursors for `opts` on `map`.
-fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, Option<usize>), AttachError> {
+/// Claims a free slot, or else the slot of a reader that died without
+/// detaching. Returns the slot and the CLAIMING owner word we put there.
+fn claim_slot(map: &ChannelMap) -> Option<(usize, u64)> {
     let slots = &map.slots;
-    let mut slot = (0..slots.count)
-        .find(|&i| slots.state(i) == slot_state::FREE && slots.try_claim(i, slot_state::FREE));
-    if slot.is_none() {
-        // Take over the slot of a reader that died without detaching.
-        slot = (0..slots.count).find(|&i| {
-            let snap = slots.snapshot(i);
-            (snap.state == slot_state::LOSSY || snap.state == slot_state::GATED)
-                && liveness::slot_holder_dead(&snap)
-                && slots.try_claim(i, snap.state)
-        });
-        if slot.is_some() {
-            map.words.count_reaped();
+    let free = (0..slots.count).find_map(|i| {
+        let owner = slots.owner(i);
+        if slot_state::state_of(owner) != slot_state::FREE {
+            return None;
         }
+        slots.try_claim(i, owner).map(|claiming| (i, claiming))
+    });
+    if free.is_some() {
+        return free;
     }
-    if slot.is_none() && opts.gated {
-        return Err(AttachError::NoReaderSlot { name: map.geometry.name.clone(), slots: slots.count as u32 });
+    // Judging a holder dead reads /proc, a wide window in which another
+    // reader may take the slot over first: the claim compares the whole
+    // owner word the holder was judged under (state and epoch), so only one
+    // of us gets it, and never a slot that changed hands meanwhile.
+    let taken = (0..slots.count).find_map(|i| {
+        let snap = slots.snapshot(i);
+        let dead = match snap.state {
+            slot_state::LOSSY | slot_state::GATED => liveness::slot_holder_dead(&snap),
+            // A claim takes microseconds: a CLAIMING slot without a
+            // heartbeat for seconds lost its claimant before activation.
+            slot_state::CLAIMING => liveness::claim_abandoned(&snap),
+            _ => false,
+        };
+        if !dead {
+            return None;
+        }
+        slots.try_claim(i, snap.owner).map(|claiming| (i, claiming))
+    });
+    if taken.is_some() {
+        map.words.count_reaped();
     }
+    taken
+}
+
+/// Claims a slot and places cursors for `opts` on `map`.
+fn register(
+    map: &ChannelMap,
+    opts: ReaderOptions,
+) -> Result<(Vec<CursorCore>, Option<SlotHold>), AttachError> {
+    let slots = &map.slots;
+    let me = liveness::own_identity();
     // Start position and the sequence number expected there (u64::MAX:
     // unknown, nothing counts as lost before the first record).
     let starts: Vec<(u64, u64)> = map
@@ -166,15 +198,34 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
         })
         .collect();
     let mut positions: Vec<u64> = starts.iter().map(|&(pos, _)| pos).collect();
-    if let Some(i) = slot {
-        slots.fill(i, liveness::own_identity(), monotonic_ns(), liveness::realtime_ns(), &positions);
-        let state = if opts.gated { slot_state::GATED } else { slot_state::LOSSY };
-        slots.activate(i, state, &map.words.readers);
-        if opts.gated {
-            for (shard, pos) in positions.iter_mut().enumerate() {
-                *pos = slots.settle_gated_start(i, shard, &map.shards[shard]);
-            }
+    let state = if opts.gated { slot_state::GATED } else { slot_state::LOSSY };
+    // A claim that loses its slot before it is settled (someone else
+    // changed it: only a party that misjudged us dead can) starts over.
+    let hold = loop {
+        let Some((i, claiming)) = claim_slot(map) else { break None };
+        let Ok(mut hold) = slots.fill(i, claiming, me, monotonic_ns(), liveness::realtime_ns(), &positions)
+        else {
+            continue;
+        };
+        if slots.activate(&mut hold, state, &map.words.readers).is_err() {
+            continue;
         }
+        if !opts.gated {
+            break Some(hold);
+        }
+        let settled: Result<Vec<u64>, _> = (0..map.shards.len())
+            .map(|shard| slots.settle_gated_start(&mut hold, shard, &map.shards[shard]))
+            .collect();
+        match settled {
+            Ok(settled) => {
+                positions = settled;
+                break Some(hold);
+            }
+            Err(_) => continue,
+        }
+    };
+    if hold.is_none() && opts.gated {
+        return Err(AttachError::NoReaderSlot { name: map.geometry.name.clone(), slots: slots.count as u32 });
     }
     let mut cursors: Vec<CursorCore> = map
         .shards
@@ -192,7 +243,7 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
             what: format!("at position {}: {}", c.pos, c.what),
         })?;
     }
-    Ok((cursors, slot))
+    Ok((cursors, hold))
 }
 
 impl Reader {
@@ -209,6 +260,7 @@ impl Reader {
             cursors,
             heads,
             slot,
+            lost_slot: None,
             stats: ReaderStats::default(),
             unaccounted: (0, 0),
             last_idle_check: Instant::now(),
@@ -227,6 +279,32 @@ impl Reader {
     /// process was judged dead and its slot reaped).
     pub fn is_gated(&self) -> bool {
         self.cursors.first().is_some_and(|c| c.gated)
+    }
+
+    /// The reader slot this reader holds in the channel's `.readers` file
+    /// (as in [`crate::ReaderInfo::slot`]); `None` for a lossy reader that
+    /// found none free.
+    pub fn slot(&self) -> Option<u32> {
+        self.slot.as_ref().map(|hold| hold.index as u32)
+    }
+
+    /// Forgets a slot that is no longer ours without touching it again. A
+    /// lossy reader carries on without one (the slot only served
+    /// introspection and the writer's hot window: it validates every
+    /// record anyway and counts what it loses); a gated reader cannot keep
+    /// its promise and fails from now on.
+    fn lose_slot(&mut self) {
+        let Some(hold) = self.slot.take() else { return };
+        if hold.state() == slot_state::GATED {
+            self.lost_slot = Some(hold.index);
+        }
+        for c in &mut self.cursors {
+            c.gated = false;
+        }
+    }
+
+    fn slot_lost_error(&self, slot: usize) -> RecvError {
+        RecvError::SlotLost { name: self.name.clone(), slot: slot as u32 }
     }
 
     /// Generation of the producer files this reader is attached to.
@@ -266,9 +344,11 @@ impl Reader {
     }
 
     fn flush_accounting(&mut self) {
-        if let Some(slot) = self.slot {
+        if let Some(hold) = &self.slot {
             let (received, lost) = std::mem::take(&mut self.unaccounted);
-            self.map.slots.account(slot, received, lost, monotonic_ns());
+            if self.map.slots.account(hold, received, lost, monotonic_ns()).is_err() {
+                self.lose_slot();
+            }
         }
     }
 
@@ -276,26 +356,41 @@ impl Reader {
     /// the oldest timestamp among the shards that have one (each shard's own
     /// order is always kept).
     fn next_head(&mut self) -> Result<Option<(usize, Head)>, RecvError> {
-        if let Some(slot) = self.slot
-            && self.cursors[0].gated
-            && !self.map.slots.is_gated(slot)
+        if let Some(hold) = &self.slot
+            && !self.map.slots.owns(hold)
         {
-            // Our slot was reaped (we were judged dead): from now on we may
-            // be overwritten, so validate like a lossy reader.
-            for c in &mut self.cursors {
-                c.gated = false;
-            }
+            // Our slot was reaped (we were judged dead), and may belong to
+            // another reader by now: never touch it again.
+            self.lose_slot();
+        }
+        if let Some(slot) = self.lost_slot {
+            return Err(self.slot_lost_error(slot));
         }
         loop {
             let mut best: Option<(usize, Head)> = None;
             for (shard, cursor) in self.cursors.iter_mut().enumerate() {
                 if self.heads[shard].is_none() {
-                    self.heads[shard] = cursor.peek().map_err(|c| RecvError::Corrupt {
-                        name: self.name.clone(),
-                        shard: shard as u32,
-                        pos: c.pos,
-                        what: c.what,
-                    })?;
+                    match cursor.peek() {
+                        Ok(head) => self.heads[shard] = head,
+                        // A gated reader whose gate someone else moved may
+                        // read a newer lap: that is a lost slot, not a
+                        // corrupt file.
+                        Err(_)
+                            if cursor.gated
+                                && self.slot.as_ref().is_some_and(|h| !self.map.slots.holds(h, shard)) =>
+                        {
+                            self.lose_slot();
+                            return Err(self.slot_lost_error(self.lost_slot.unwrap_or(0)));
+                        }
+                        Err(c) => {
+                            return Err(RecvError::Corrupt {
+                                name: self.name.clone(),
+                                shard: shard as u32,
+                                pos: c.pos,
+                                what: c.what,
+                            });
+                        }
+                    }
                 }
                 if let Some(head) = self.heads[shard]
                     && best.is_none_or(|(_, b)| head.timestamp_ns < b.timestamp_ns)
@@ -329,7 +424,7 @@ impl Reader {
             let opts = ReaderOptions { start: StartAt::Oldest, ..self.opts };
             let (cursors, slot) = register(&map, opts)?;
             if let Some(old) = self.slot.take() {
-                self.map.slots.free(old);
+                self.map.slots.free(&old, monotonic_ns());
             }
             self.map = Arc::new(map);
             self.heads = vec![None; cursors.len()];
@@ -431,8 +526,9 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.flush_accounting();
-        if let Some(slot) = self.slot {
-            self.map.slots.free(slot);
+        if let Some(hold) = &self.slot {
+            // Only if it is still ours: a reaped slot may be another's now.
+            self.map.slots.free(hold, monotonic_ns());
         }
     }
 }
@@ -490,15 +586,18 @@ impl Sample<'_> {
         self.head.lost
     }
 
-    /// Whether the payload is still intact. Always true for gated readers;
-    /// a lossy reader should call it after using the payload and discard
-    /// what it derived if it returns false.
+    /// Whether the payload is still intact. A lossy reader should call it
+    /// after using the payload and discard what it derived if it returns
+    /// false. For a gated reader it is true as long as the reader still
+    /// holds its slot where it left it: false only if the producer judged
+    /// the reader dead and reaped its slot (then the next call of the
+    /// reader fails with [`RecvError::SlotLost`]).
     pub fn is_valid(&self) -> bool {
         let reader = &*self.reader;
         let cursor = &reader.cursors[self.shard];
-        match reader.slot {
-            // Gated until our slot is reaped (only if we were judged dead).
-            Some(slot) if cursor.gated => reader.map.slots.is_gated(slot),
+        match &reader.slot {
+            Some(hold) if cursor.gated => reader.map.slots.holds(hold, self.shard),
+            _ if reader.lost_slot.is_some() => false,
             _ => cursor.still_valid(&self.head),
         }
     }
@@ -507,9 +606,13 @@ impl Sample<'_> {
 impl Drop for Sample<'_> {
     fn drop(&mut self) {
         let reader = &mut *self.reader;
-        if let Some(slot) = reader.slot {
+        if let Some(hold) = &mut reader.slot {
             let cursor = &reader.cursors[self.shard];
-            reader.map.slots.release(slot, self.shard, cursor.position(), cursor.next_seq());
+            if reader.map.slots.release(hold, self.shard, cursor.position(), cursor.next_seq()).is_err() {
+                // Reaped, or someone else stored a position in our slot: it
+                // is not ours any more (the next call says so).
+                reader.lose_slot();
+            }
         }
     }
 }

@@ -329,6 +329,23 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
     };
 }
 
+/// Whether process `pid` of our pid namespace exists: `kill(pid, 0)`. Only
+/// ESRCH means it does not; EPERM (another user's process, which we may
+/// not signal) means it does. Unlike `/proc/PID`, which `hidepid` hides,
+/// this sees every process of the namespace.
+#[cfg(not(loom))]
+pub(crate) fn pid_exists(pid: u32) -> bool {
+    // 0 and negative values name process groups, not a process.
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing: the kernel only checks that the
+    // process exists and whether we may signal it. No memory is involved.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process of the
 /// host, so heartbeats written by one process can be aged by another.
 #[cfg(not(loom))]
@@ -365,6 +382,13 @@ pub(crate) fn set_channel_state(channel: &Region, state: u32) {
     wake_channel(channel);
 }
 
+/// The producer's heartbeat in a channel header page: `CLOCK_MONOTONIC` ns
+/// of its last sign of life (0: none).
+pub(crate) fn producer_heartbeat(channel: &Region) -> u64 {
+    // Relaxed: a liveness hint; nothing is published through it.
+    channel.u64_at(channel_header::PRODUCER_HEARTBEAT_NS).load(Ordering::Relaxed)
+}
+
 fn wake_channel(channel: &Region) {
     let notify = channel.u32_at(channel_header::NOTIFY);
     // Release: a waiter that sees the bumped value also sees what the waker
@@ -388,6 +412,12 @@ impl ChannelWords {
         // Acquire pairs with `set_state`'s Release: a reader that sees ENDED
         // also sees the final `write_pos` published before it.
         self.channel.u32_at(channel_header::STATE).load(Ordering::Acquire)
+    }
+
+    /// Refreshes the producer's heartbeat (the producer only).
+    pub(crate) fn beat_producer(&self, now_ns: u64) {
+        // Relaxed: a liveness hint; nothing is published through it.
+        self.channel.u64_at(channel_header::PRODUCER_HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
     }
 
     /// Sets the channel state and wakes every waiter so it notices.
@@ -460,6 +490,8 @@ pub(crate) struct ReaderIdentity {
 /// A snapshot of one slot, for introspection and liveness decisions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SlotSnapshot {
+    /// The owner word (state and claim epoch) the rest was read under.
+    pub(crate) owner: u64,
     pub(crate) state: u32,
     pub(crate) identity: ReaderIdentity,
     pub(crate) heartbeat_ns: u64,
@@ -469,6 +501,31 @@ pub(crate) struct SlotSnapshot {
     /// (position, next_seq) per shard.
     pub(crate) shards: Vec<(u64, u64)>,
 }
+
+/// A reader's hold on its slot: the owner word it stored (state and claim
+/// epoch) and, per shard, the position it stored last. Every access of the
+/// holder to its slot checks them first, and position stores are
+/// compare-and-swaps against the last one, so a reader whose slot was taken
+/// from it (reaped when judged dead, then claimed by another reader) never
+/// moves the new holder's gate unnoticed: its own swap fails, or the new
+/// holder's next check ([`Slots::holds`], [`Slots::release`]) does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SlotHold {
+    pub(crate) index: usize,
+    owner: u64,
+    released: Vec<u64>,
+}
+
+impl SlotHold {
+    pub(crate) fn state(&self) -> u32 {
+        slot_state::state_of(self.owner)
+    }
+}
+
+/// The slot is no longer the caller's: it was reaped, or its positions were
+/// changed by someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotLost;
 
 /// The reader slots of a channel.
 #[derive(Clone, Debug)]
@@ -485,8 +542,8 @@ impl Slots {
         self.region.u64_at(slot * self.slot_size + off)
     }
 
-    fn state_word(&self, slot: usize) -> &AtomicU32 {
-        self.region.u32_at(slot * self.slot_size + reader_slot::STATE)
+    fn owner_word(&self, slot: usize) -> &AtomicU64 {
+        self.word64(slot, reader_slot::OWNER)
     }
 
     fn position_word(&self, slot: usize, shard: usize) -> &AtomicU64 {
@@ -497,38 +554,58 @@ impl Slots {
         self.word64(slot, reader_slot::SHARDS + shard * reader_slot::PER_SHARD + 8)
     }
 
+    /// The owner word of `slot` (state and claim epoch).
+    pub(crate) fn owner(&self, slot: usize) -> u64 {
+        // Acquire pairs with the Release swaps in `activate` and `free`:
+        // the identity and positions stored before are visible.
+        self.owner_word(slot).load(Ordering::Acquire)
+    }
+
     pub(crate) fn state(&self, slot: usize) -> u32 {
-        // Acquire pairs with the Release state stores in `activate` and
-        // `free`: identity fields written before are visible.
-        self.state_word(slot).load(Ordering::Acquire)
+        slot_state::state_of(self.owner(slot))
     }
 
-    /// Tries to claim `slot`, expecting it in state `from` (FREE, or the
-    /// state of a dead holder being replaced). On success the slot is
-    /// CLAIMING and belongs to the caller.
-    pub(crate) fn try_claim(&self, slot: usize, from: u32) -> bool {
+    /// Tries to claim `slot`, whose owner word was `seen` (FREE, or the word
+    /// of a dead holder being replaced). The swap compares the whole word,
+    /// so it fails if the slot changed hands since `seen` was read, even if
+    /// its state is the same again. On success the slot is CLAIMING with the
+    /// next epoch and belongs to the caller; returns that word.
+    pub(crate) fn try_claim(&self, slot: usize, seen: u64) -> Option<u64> {
+        let claiming =
+            slot_state::owner_word(slot_state::CLAIMING, slot_state::epoch_of(seen).wrapping_add(1));
         // Acquire on success: we read nothing the previous holder wrote that
-        // matters, but this keeps identity writes below from moving up.
-        self.state_word(slot)
-            .compare_exchange(from, slot_state::CLAIMING, Ordering::Acquire, Ordering::Relaxed)
+        // matters, but this keeps our field stores below from moving up.
+        self.owner_word(slot)
+            .compare_exchange(seen, claiming, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
+            .then_some(claiming)
     }
 
-    /// Fills a CLAIMING slot's identity and per-shard positions.
+    /// Fills a slot claimed as `claiming` with our identity and per-shard
+    /// positions; returns the hold to [`Slots::activate`]. The heartbeat
+    /// comes first: a CLAIMING slot without a heartbeat for a while is one
+    /// whose claimant died before activating it, which another reader may
+    /// take over; if that happened to us (we stalled right after the
+    /// claim), we stop before touching the rest.
     pub(crate) fn fill(
         &self,
         slot: usize,
+        claiming: u64,
         id: ReaderIdentity,
         now_ns: u64,
         realtime_ns: u64,
         positions: &[u64],
-    ) {
-        // Relaxed: published by the Release state store in `activate`.
+    ) -> Result<SlotHold, SlotLost> {
+        // Relaxed: published by the Release swap in `activate`.
+        self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+        // Relaxed: an early answer; `activate`'s swap decides.
+        if self.owner_word(slot).load(Ordering::Relaxed) != claiming {
+            return Err(SlotLost);
+        }
         let s = self.slot_size * slot;
         self.region.u32_at(s + reader_slot::PID).store(id.pid, Ordering::Relaxed);
         self.word64(slot, reader_slot::START_TIME).store(id.start_time, Ordering::Relaxed);
         self.word64(slot, reader_slot::PID_NS).store(id.pid_ns, Ordering::Relaxed);
-        self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
         self.word64(slot, reader_slot::LOST).store(0, Ordering::Relaxed);
         self.word64(slot, reader_slot::RECEIVED).store(0, Ordering::Relaxed);
         self.word64(slot, reader_slot::ATTACHED_REALTIME_NS).store(realtime_ns, Ordering::Relaxed);
@@ -536,55 +613,107 @@ impl Slots {
             self.position_word(slot, shard).store(pos, Ordering::Relaxed);
             self.next_seq_word(slot, shard).store(u64::MAX, Ordering::Relaxed);
         }
+        Ok(SlotHold { index: slot, owner: claiming, released: positions.to_vec() })
     }
 
     /// Makes a filled slot visible as `state` (LOSSY or GATED). For a gated
     /// reader this is the reader half of sync point R; the caller must then
-    /// call [`Slots::settle_gated_start`] per shard before reading.
-    pub(crate) fn activate(&self, slot: usize, state: u32, readers_header: &Region) {
-        // Release: publishes the identity and positions written by `fill`
-        // to whoever Acquire-loads the state (`scan_gates`, introspection).
-        self.state_word(slot).store(state, Ordering::Release);
+    /// call [`Slots::settle_gated_start`] per shard before reading. Fails if
+    /// the slot is no longer ours.
+    pub(crate) fn activate(
+        &self,
+        hold: &mut SlotHold,
+        state: u32,
+        readers_header: &Region,
+    ) -> Result<(), SlotLost> {
+        let active = slot_state::owner_word(state, slot_state::epoch_of(hold.owner));
+        // Release: publishes the identity and positions stored by `fill` to
+        // whoever Acquire-loads the owner word (`scan_gates`, introspection).
+        self.owner_word(hold.index)
+            .compare_exchange(hold.owner, active, Ordering::Release, Ordering::Relaxed)
+            .map_err(|_| SlotLost)?;
+        hold.owner = active;
         if state == slot_state::GATED {
             // Release: a writer that Acquire-loads the new count (sync point
-            // R) sees the GATED state and positions stored before it.
+            // R) sees the GATED word and positions stored before it.
             readers_header.u64_at(readers_header::REGISTRATIONS).fetch_add(1, Ordering::Release);
             // Reader half of sync point R: pairs with the writer's SeqCst
             // fence between its tail store and its registration load.
             fence(Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    /// Stores `pos` as our position on `shard`, if the slot is still ours
+    /// and nobody else stored there since our last store.
+    fn store_position(&self, hold: &mut SlotHold, shard: usize, pos: u64) -> Result<(), SlotLost> {
+        // Relaxed: an early answer only; the swap below is what guards the
+        // position (an owner word that changed after this load leaves the
+        // position as the next holder's `fill` set it, and the swap fails).
+        if self.owner_word(hold.index).load(Ordering::Relaxed) != hold.owner {
+            return Err(SlotLost);
+        }
+        // Release pairs with the writer's Acquire load in `scan_gates`: our
+        // reads of the records below `pos` happen before it overwrites them
+        // (sync point G).
+        self.position_word(hold.index, shard)
+            .compare_exchange(hold.released[shard], pos, Ordering::Release, Ordering::Relaxed)
+            .map_err(|_| SlotLost)?;
+        hold.released[shard] = pos;
+        Ok(())
     }
 
     /// After `activate` (and its fence): if the writer reclaimed past our
     /// start meanwhile, start at its tail instead. Returns the position to
     /// start at.
-    pub(crate) fn settle_gated_start(&self, slot: usize, shard: usize, shard_mem: &ShardMem) -> u64 {
+    pub(crate) fn settle_gated_start(
+        &self,
+        hold: &mut SlotHold,
+        shard: usize,
+        shard_mem: &ShardMem,
+    ) -> Result<u64, SlotLost> {
         // Relaxed: ordered after the SeqCst fence in `activate` (sync point
         // R), which is what the handshake needs.
         let tail = shard_mem.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed);
-        // Relaxed: our own earlier store.
-        let pos = self.position_word(slot, shard).load(Ordering::Relaxed);
+        let pos = hold.released[shard];
         if tail > pos {
-            // Release: as in `release` (sync point G).
-            self.position_word(slot, shard).store(tail, Ordering::Release);
-            tail
+            self.store_position(hold, shard, tail)?;
+            Ok(tail)
         } else {
-            pos
+            Ok(pos)
         }
     }
 
     /// Releases everything below `pos` on `shard` (sync point G for gated
     /// readers) and records progress for introspection.
-    pub(crate) fn release(&self, slot: usize, shard: usize, pos: u64, next_seq: u64) {
-        // Release pairs with the writer's Acquire load in `scan_gates`: our
-        // reads of the records below `pos` happen before it overwrites them.
-        self.position_word(slot, shard).store(pos, Ordering::Release);
+    pub(crate) fn release(
+        &self,
+        hold: &mut SlotHold,
+        shard: usize,
+        pos: u64,
+        next_seq: u64,
+    ) -> Result<(), SlotLost> {
+        self.store_position(hold, shard, pos)?;
         // Relaxed: introspection only.
-        self.next_seq_word(slot, shard).store(next_seq, Ordering::Relaxed);
+        self.next_seq_word(hold.index, shard).store(next_seq, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Adds to the slot's received/lost counters and refreshes its heartbeat.
-    pub(crate) fn account(&self, slot: usize, received: u64, lost: u64, now_ns: u64) {
+    pub(crate) fn account(
+        &self,
+        hold: &SlotHold,
+        received: u64,
+        lost: u64,
+        now_ns: u64,
+    ) -> Result<(), SlotLost> {
+        // Relaxed: an early answer; these words are statistics and a
+        // heartbeat, which tolerate one stale store from a holder that lost
+        // the slot right after this check.
+        if self.owner_word(hold.index).load(Ordering::Relaxed) != hold.owner {
+            return Err(SlotLost);
+        }
+        let slot = hold.index;
         // Relaxed: single writer (the slot's reader); read only by
         // introspection and liveness, which tolerate stale values.
         if received != 0 {
@@ -596,45 +725,66 @@ impl Slots {
             w.store(w.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
         }
         self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Frees a slot held by this process (reader detach).
-    pub(crate) fn free(&self, slot: usize) {
-        // Release: nothing follows that depends on it; ordering our last
-        // position stores before the slot looks free keeps introspection sane.
-        self.state_word(slot).store(slot_state::FREE, Ordering::Release);
-    }
-
-    /// Frees a slot of a dead reader, if it still is in `from`. Called by
-    /// writers (reaping a dead gated reader) and by readers looking for room.
-    pub(crate) fn reap(&self, slot: usize, from: u32) -> bool {
-        // AcqRel: the writer rescans gates right after; its later SeqCst
-        // fence (sync point T) orders this store before any overwrite, so a
-        // reaped reader that is in fact alive notices via `is_gated` before
-        // trusting a record.
-        self.state_word(slot)
-            .compare_exchange(from, slot_state::FREE, Ordering::AcqRel, Ordering::Relaxed)
+    /// Frees our slot (reader detach), if it is still ours. The heartbeat
+    /// is refreshed first, so that the next claimant's CLAIMING word does
+    /// not look abandoned (see [`Slots::fill`]).
+    pub(crate) fn free(&self, hold: &SlotHold, now_ns: u64) -> bool {
+        // Relaxed: a liveness hint; only while the slot is ours.
+        if self.owner_word(hold.index).load(Ordering::Relaxed) == hold.owner {
+            self.word64(hold.index, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
+        }
+        let free = slot_state::owner_word(slot_state::FREE, slot_state::epoch_of(hold.owner));
+        // Release: orders our last position stores before the slot looks
+        // free, which keeps introspection sane; nothing else depends on it.
+        self.owner_word(hold.index)
+            .compare_exchange(hold.owner, free, Ordering::Release, Ordering::Relaxed)
             .is_ok()
     }
 
-    /// Whether our gated slot is still gated. Sync point V for gated readers:
-    /// the Acquire fence pairs with the SeqCst fence the writer issues after
-    /// reaping and before overwriting (sync point T), so a reader whose slot
-    /// was reaped before the writer overwrote its record sees the reaped
-    /// state.
-    pub(crate) fn is_gated(&self, slot: usize) -> bool {
+    /// Frees the slot of a dead reader if its owner word still is `seen`
+    /// (the word its death was judged under). Called by writers reaping
+    /// dead readers.
+    pub(crate) fn reap(&self, slot: usize, seen: u64) -> bool {
+        let free = slot_state::owner_word(slot_state::FREE, slot_state::epoch_of(seen));
+        // AcqRel: the writer rescans gates right after; its later SeqCst
+        // fence (sync point T) orders this swap before any overwrite, so a
+        // reaped reader that is in fact alive notices in `holds` before
+        // trusting a record.
+        self.owner_word(slot).compare_exchange(seen, free, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Whether the slot is still ours (same owner word: state and epoch).
+    pub(crate) fn owns(&self, hold: &SlotHold) -> bool {
+        fence(Ordering::Acquire);
+        // Relaxed: ordered by the fence above (see `holds`).
+        self.owner_word(hold.index).load(Ordering::Relaxed) == hold.owner
+    }
+
+    /// Whether our gated slot still gates `shard` where we left it: same
+    /// owner word, and the position we stored last. Sync point V for gated
+    /// readers: the Acquire fence pairs with the SeqCst fence the writer
+    /// issues after reaping (or after loading a position someone else
+    /// stored) and before overwriting (sync point T), so a reader whose
+    /// record was overwritten sees the changed word.
+    pub(crate) fn holds(&self, hold: &SlotHold, shard: usize) -> bool {
         fence(Ordering::Acquire);
         // Relaxed: ordered by the fence above.
-        self.state_word(slot).load(Ordering::Relaxed) == slot_state::GATED
+        self.owner_word(hold.index).load(Ordering::Relaxed) == hold.owner
+            && self.position_word(hold.index, shard).load(Ordering::Relaxed) == hold.released[shard]
     }
 
     pub(crate) fn snapshot(&self, slot: usize) -> SlotSnapshot {
-        let state = self.state(slot);
+        let owner = self.owner(slot);
         let s = self.slot_size * slot;
-        // Relaxed: an introspection snapshot; values may be slightly stale.
+        // Relaxed: an introspection snapshot; values may be slightly stale
+        // (ordered after the Acquire load of the owner word).
         let r = Ordering::Relaxed;
         SlotSnapshot {
-            state,
+            owner,
+            state: slot_state::state_of(owner),
             identity: ReaderIdentity {
                 pid: self.region.u32_at(s + reader_slot::PID).load(r),
                 start_time: self.word64(slot, reader_slot::START_TIME).load(r),
@@ -922,7 +1072,7 @@ impl WriterCore {
             self.next_rewind_check = start + window / 8;
             // Readers less than half a window behind have read the start of
             // this lap, which the next records would overwrite.
-            if self.scan_reader_floor() >= start - window / 2 {
+            if self.scan_reader_floor(start - window / 2) >= start - window / 2 {
                 pad = room; // start over at offset 0, where the memory is still hot
                 starts_over = true;
             }
@@ -1198,7 +1348,7 @@ impl WriterCore {
     fn still_blocked_by_holder(&self, target: u64) -> bool {
         let slot = self.gate_holder_slot;
         // Acquire: as in `scan_gates`.
-        self.slots.state_word(slot).load(Ordering::Acquire) == slot_state::GATED
+        self.slots.state(slot) == slot_state::GATED
             && self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire) < target
     }
 
@@ -1206,22 +1356,31 @@ impl WriterCore {
     /// lowest position any of them has read this shard up to (`u64::MAX`
     /// without readers). Only a hint for starting over and skipping ahead:
     /// gates and the tail still protect whatever a reader has not read.
-    fn scan_reader_floor(&mut self) -> u64 {
-        let floor = (0..self.slots.count)
-            .filter(|&slot| {
-                // Acquire: as in `scan_gates` (pairs with the Release state
-                // store in `activate`).
-                let state = self.slots.state_word(slot).load(Ordering::Acquire);
-                state == slot_state::GATED || state == slot_state::LOSSY
-            })
-            // Acquire: pairs with the readers' Release `release` stores
-            // (sync point G).
-            .map(|slot| self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire))
-            .min()
-            .unwrap_or(u64::MAX);
+    /// Readers below `wanted` whose process is dead are reaped (rate
+    /// limited), so that a dead registered reader, lossy ones included,
+    /// does not hold the floor down for good.
+    fn scan_reader_floor(&mut self, wanted: u64) -> u64 {
+        let mut floor = self.lowest_reader();
+        if floor < wanted && self.reap_dead(wanted, true) {
+            floor = self.lowest_reader();
+        }
         self.reader_floor = floor;
         self.next_floor_scan = self.pending + self.reclaim_chunk;
         floor
+    }
+
+    fn lowest_reader(&self) -> u64 {
+        (0..self.slots.count)
+            .filter(|&slot| {
+                // Acquire (in `state`): as in `scan_gates`.
+                let state = self.slots.state(slot);
+                state == slot_state::GATED || state == slot_state::LOSSY
+            })
+            // Acquire: pairs with the readers' Release `release` swaps
+            // (sync point G).
+            .map(|slot| self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Whether every registered reader has read this shard up to `pos`, from
@@ -1232,7 +1391,7 @@ impl WriterCore {
         if (self.reader_floor >= pos && self.pending < self.next_floor_scan) || self.full {
             return self.reader_floor >= pos;
         }
-        self.scan_reader_floor() >= pos
+        self.scan_reader_floor(pos) >= pos
     }
 
     /// Rescans the gated readers' positions for this shard.
@@ -1241,10 +1400,11 @@ impl WriterCore {
         let mut holder = 0;
         let mut holder_slot = 0;
         for slot in 0..self.slots.count {
-            // Acquire: pairs with the Release state store in `activate`
-            // (the positions stored before it are visible) and with the
-            // readers' Release `release` stores (sync point G).
-            if self.slots.state_word(slot).load(Ordering::Acquire) == slot_state::GATED {
+            // Acquire (in `state`): pairs with the Release swap in
+            // `activate` (the positions stored before it are visible); the
+            // position load pairs with the readers' Release `release` swaps
+            // (sync point G).
+            if self.slots.state(slot) == slot_state::GATED {
                 let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::Acquire);
                 if pos < limit {
                     limit = pos;
@@ -1263,10 +1423,11 @@ impl WriterCore {
         self.gate_holder_slot = holder_slot;
     }
 
-    /// Frees the slots of gated readers behind `target` whose process is
-    /// dead. Rate limited: at most every 50 ms, so a writer that keeps
-    /// retrying while full does not hammer `/proc`.
-    fn reap_dead(&mut self, target: u64) -> bool {
+    /// Frees the slots of gated readers (and, with `lossy`, of registered
+    /// lossy readers) behind `target` whose process is dead. Rate limited:
+    /// at most every 50 ms, so a writer that keeps retrying while full does
+    /// not hammer `/proc`.
+    fn reap_dead(&mut self, target: u64, lossy: bool) -> bool {
         #[cfg(not(loom))]
         {
             let now = std::time::Instant::now();
@@ -1277,15 +1438,21 @@ impl WriterCore {
         }
         let mut reaped = false;
         for slot in 0..self.slots.count {
-            if self.slots.state(slot) != slot_state::GATED {
+            let state = self.slots.state(slot);
+            if state != slot_state::GATED && !(lossy && state == slot_state::LOSSY) {
                 continue;
             }
-            // Relaxed: a hint; `reap`'s CAS decides.
+            // Relaxed: a hint; `reap`'s swap decides.
             let pos = self.slots.position_word(slot, self.shard_index).load(Ordering::Relaxed);
-            if pos < target
-                && (self.is_dead)(&self.slots.snapshot(slot))
-                && self.slots.reap(slot, slot_state::GATED)
-            {
+            if pos >= target {
+                continue;
+            }
+            // The swap compares the owner word the identity was read under:
+            // if the slot changed hands since, it fails.
+            let snapshot = self.slots.snapshot(slot);
+            let reapable =
+                snapshot.state == slot_state::GATED || (lossy && snapshot.state == slot_state::LOSSY);
+            if reapable && (self.is_dead)(&snapshot) && self.slots.reap(slot, snapshot.owner) {
                 self.words.count_reaped();
                 reaped = true;
             }
@@ -1312,7 +1479,7 @@ impl WriterCore {
             self.seen_registrations = regs;
             self.scan_gates();
         }
-        if self.gate_limit < target && may_reap && self.reap_dead(target) {
+        if self.gate_limit < target && may_reap && self.reap_dead(target, false) {
             self.scan_gates();
         }
         if self.gate_limit < target {
@@ -1564,6 +1731,7 @@ const _: () = {
     assert!(shard_header::WRITE_POS % 64 == 0 && shard_header::TAIL_POS % 64 == 0);
     assert!(readers_header::REGISTRATIONS % 64 == 0 && readers_header::WAITERS % 64 == 0);
     assert!(channel_header::STATE % 4 == 0 && channel_header::NOTIFY % 4 == 0);
+    assert!(channel_header::PRODUCER_HEARTBEAT_NS % 8 == 0 && reader_slot::OWNER % 8 == 0);
     assert!(readers_header::REAPED_READERS % 8 == 0);
     assert!(reader_slot::SHARDS % 64 == 0 && reader_slot::START_TIME % 8 == 0);
     assert!(record_header::SEQ % 8 == 0 && RECORD_HEADER % 8 == 0);

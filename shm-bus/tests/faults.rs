@@ -540,7 +540,7 @@ fn damaged_files_are_clear_attach_errors() {
             Edit::Put(rh::MAGIC, layout::RING_MAGIC.to_vec()),
             BadMagic(Readers, layout::RING_MAGIC),
         ),
-        case("ring-version", Ring, put32(ch::VERSION, 2), BadVersion(Ring, 2)),
+        case("ring-version", Ring, put32(ch::VERSION, 3), BadVersion(Ring, 3)),
         case("ring-version-max", Ring, put32(ch::VERSION, u32::MAX), BadVersion(Ring, u32::MAX)),
         case("readers-version", Readers, put32(rh::VERSION, 0), BadVersion(Readers, 0)),
         // Truncated files.

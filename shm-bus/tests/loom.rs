@@ -173,3 +173,71 @@ fn lossy_reader_behind_a_start_over_is_not_lapped_within_a_ring() {
         assert_eq!(next, 7);
     });
 }
+
+/// Two readers attach at once and both find slot 0 held by a dead reader:
+/// both judged it dead under the same owner word, and both try to claim
+/// it. The claim compares the whole owner word (state and epoch), so
+/// exactly one gets it, even when the other looks only after the winner
+/// made the slot GATED again (with a compare on the state alone, that
+/// second claim would succeed too: two owners).
+#[test]
+fn two_readers_taking_over_a_dead_slot_never_both_own_it() {
+    loom::model(|| {
+        let model = Model::new();
+        drop(model.gated_reader()); // its process "dies": the slot stays GATED
+        let dead = model.owner();
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let model = model.clone();
+                loom::thread::spawn(move || model.try_register_gated(dead).is_some())
+            })
+            .collect();
+        let won: Vec<bool> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(won.iter().filter(|&&w| w).count(), 1, "owners: {won:?}");
+        assert_ne!(model.owner(), dead);
+    });
+}
+
+/// A live gated reader is reaped (judged dead) while it reads and releases
+/// a record; a second reader claims the slot and the writer carries on
+/// (the ring holds three records, so the fourth needs the first's space).
+/// The second reader starts where the first last released (position 0),
+/// so even the first reader's stale position swap may succeed on it. Either
+/// way no record the second reader accepts was overwritten: it reads every
+/// record in order, or it learns that it lost its slot; and the first
+/// reader never delivers a record after learning it lost its slot.
+#[test]
+fn reaped_reader_never_moves_the_next_holders_gate_unnoticed() {
+    loom::model(|| {
+        let model = Model::new();
+        let mut first = model.gated_reader();
+        let mut writer = model.writer();
+        assert!(writer.try_send());
+        let judged = model.owner();
+        let t = loom::thread::spawn(move || {
+            let got = first.try_recv();
+            (got, first.lost_slot(), first.try_recv())
+        });
+        assert!(model.reap(judged), "nobody else changes the slot");
+        let mut second = model.try_register_gated(judged).expect("slot 0 is free");
+        let sent = 1 + (0..3).filter(|_| writer.try_send()).count() as u64;
+        let (got, first_lost, after) = t.join().unwrap();
+        if let Some(got) = got {
+            assert_eq!((got.seq, got.lost), (0, 0));
+        }
+        if first_lost {
+            assert_eq!(after, None, "a reader that lost its slot delivered a record");
+        }
+        let mut next = None;
+        while let Some(g) = second.try_recv() {
+            assert!(g.valid && g.lost == 0, "{g:?}");
+            if let Some(n) = next {
+                assert_eq!(g.seq, n, "the second reader skipped a record");
+            }
+            next = Some(g.seq + 1);
+        }
+        if !second.lost_slot() {
+            assert_eq!(next, Some(sent), "the second reader got every record");
+        }
+    });
+}

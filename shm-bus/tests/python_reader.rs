@@ -370,7 +370,7 @@ fn python_reader_rejects_bad_files() {
     patch(bus.ring_path("bad/magic"), 0, b"NOTABUS!");
     assert_rejected(&bus, "bad/magic", &[], "magic");
 
-    patch(bus.ring_path("bad/version"), 8, &2u32.to_le_bytes());
+    patch(bus.ring_path("bad/version"), 8, &(shm_bus::layout::FORMAT_VERSION + 1).to_le_bytes());
     assert_rejected(&bus, "bad/version", &[], "version");
 
     // A .readers file of another producer: never settles.

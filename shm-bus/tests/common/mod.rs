@@ -518,8 +518,22 @@ pub struct ChildProc {
 impl ChildProc {
     /// Starts this test binary as a child in `role` with `params`.
     pub fn spawn(role: &str, params: &[(&str, String)]) -> Self {
+        Self::spawn_under(&[], role, params)
+    }
+
+    /// Like [`ChildProc::spawn`], run by `wrapper`: a command and its
+    /// arguments that runs the rest of its command line (for example
+    /// `unshare --pid --fork`). The child's pid is then the wrapper's.
+    pub fn spawn_under(wrapper: &[&str], role: &str, params: &[(&str, String)]) -> Self {
         let exe = std::env::current_exe().unwrap();
-        let mut cmd = Command::new(exe);
+        let mut cmd = match wrapper {
+            [] => Command::new(&exe),
+            [program, args @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&exe);
+                cmd
+            }
+        };
         cmd.args(["--exact", CHILD_ENTRY, "--nocapture", "--test-threads=1"])
             .env(ROLE_ENV, role)
             .stdin(Stdio::piped())
@@ -528,7 +542,7 @@ impl ChildProc {
         for (name, value) in params {
             cmd.env(format!("{PARAM_PREFIX}{}", name.to_uppercase()), value);
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -556,27 +570,37 @@ impl ChildProc {
     /// Waits for the next line the child [`say`]s starting with `tag` and
     /// returns its fields. Lines before it are skipped.
     pub fn expect(&mut self, tag: &str) -> Fields {
+        self.expect_one_of(&[tag]).1
+    }
+
+    /// Like [`ChildProc::expect`] for the first line starting with any of
+    /// `tags`: returns that tag and the line's fields.
+    pub fn expect_one_of<'t>(&mut self, tags: &[&'t str]) -> (&'t str, Fields) {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     let message = line.find(MARK).map(|i| &line[i + MARK.len()..]);
-                    match message.and_then(|m| m.strip_prefix(tag)) {
-                        Some(rest) if rest.is_empty() || rest.starts_with(' ') => return Fields::parse(rest),
-                        _ => self.skipped.push(line),
+                    let found = tags.iter().find_map(|&tag| {
+                        let rest = message?.strip_prefix(tag)?;
+                        (rest.is_empty() || rest.starts_with(' ')).then(|| (tag, Fields::parse(rest)))
+                    });
+                    match found {
+                        Some(found) => return found,
+                        None => self.skipped.push(line),
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     panic!(
-                        "child {} sent no {tag} within {PATIENCE:?}; output: {:?}",
+                        "child {} sent no {tags:?} within {PATIENCE:?}; output: {:?}",
                         self.role, self.skipped
                     )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.wait();
                     panic!(
-                        "child {} exited ({status}) before sending {tag}; output: {:?}",
+                        "child {} exited ({status}) before sending {tags:?}; output: {:?}",
                         self.role, self.skipped
                     )
                 }
