@@ -39,6 +39,7 @@ mod tcp_server;
 mod uring_receiver;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shm_bus::BusDir;
@@ -158,6 +159,12 @@ impl EngineHandle {
         self.stage(name)?.latest_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Every stage's latest statistics, for another thread to read (e.g. a
+    /// metrics endpoint) while the engine runs.
+    pub fn stats_view(&self) -> StatsView {
+        StatsView { stages: self.stages.iter().map(|s| (s.name.clone(), s.latest_stats.clone())).collect() }
+    }
+
     /// Stops every stage gracefully: stop accepting, close the
     /// connections, publish partial groups, mark the channels ended.
     pub fn stop(mut self) -> Result<(), EngineError> {
@@ -172,6 +179,24 @@ impl EngineHandle {
             }
         }
         result
+    }
+}
+
+/// The latest socket statistics of every stage of an engine, as
+/// [`EngineHandle::stats`] returns them; cheap to clone and to send to
+/// another thread. After the engine stops it keeps the last records.
+#[derive(Clone, Debug)]
+pub struct StatsView {
+    stages: Vec<(String, Arc<Mutex<Option<SocketStats>>>)>,
+}
+
+impl StatsView {
+    /// Each stage's name and latest statistics (`None` before the first
+    /// record, about a second after the start), in start order.
+    pub fn latest(&self) -> Vec<(&str, Option<SocketStats>)> {
+        let read =
+            |latest: &Mutex<Option<SocketStats>>| latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.stages.iter().map(|(name, latest)| (name.as_str(), read(latest))).collect()
     }
 }
 

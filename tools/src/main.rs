@@ -11,6 +11,7 @@ mod human;
 mod loadgen;
 mod log;
 mod ls;
+mod metrics;
 mod replay;
 mod run;
 mod send;

@@ -11,6 +11,7 @@ use engine::{
 };
 use shm_bus::BusDir;
 
+use crate::metrics::MetricsServer;
 use crate::shutdown::StopSignals;
 
 #[derive(clap::Args, Debug)]
@@ -46,14 +47,24 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
     let clients: Vec<(String, String)> =
         config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
 
+    let metrics_listen = config.metrics.listen;
+
     // Before starting, so that a signal during start-up stops cleanly too.
     let mut stop = StopSignals::install()?;
     let engine = Engine::from_config(bus.clone(), config).start().context("starting the engine")?;
     println!("bus: {}", bus.path().display());
+    let metrics = match metrics_listen {
+        Some(listen) => Some(MetricsServer::start(listen, bus.clone(), engine.stats_view())?),
+        None => None,
+    };
+    if let Some(metrics) = &metrics {
+        println!("metrics: http://{}/metrics", metrics.address());
+    }
+    let daemon = Daemon { engine, metrics };
     for name in &servers {
-        let address = match wait_listening(&engine, name, &mut stop) {
+        let address = match wait_listening(&daemon.engine, name, &mut stop) {
             Ok(address) => address,
-            Err(signal) => return shut_down(engine, signal),
+            Err(signal) => return daemon.shut_down(signal),
         };
         println!("stage {name}: listening on {address}");
         print_channels(name, "its clients");
@@ -67,7 +78,25 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
     }
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
-    shut_down(engine, signal)
+    daemon.shut_down(signal)
+}
+
+/// What runs until a stop signal.
+struct Daemon {
+    engine: EngineHandle,
+    metrics: Option<MetricsServer>,
+}
+
+impl Daemon {
+    fn shut_down(self, why: &str) -> anyhow::Result<()> {
+        println!("stopping ({why})");
+        if let Some(metrics) = self.metrics {
+            metrics.stop();
+        }
+        self.engine.stop().context("stopping the engine")?;
+        println!("stopped");
+        Ok(())
+    }
 }
 
 /// The address server stage `name` listens on, once it does, or the stop
@@ -92,11 +121,4 @@ fn print_channels(stage: &str, peers: &str) {
         [PACKET_GROUP, CONNECTION_EVENTS, SOCKET_STATS].iter().map(|c| channel_name(stage, c)).collect();
     println!("  publishes {}", published.join(", "));
     println!("  sends what is published on {} to {peers}", channel_name(stage, EGRESS_PACKETS));
-}
-
-fn shut_down(engine: EngineHandle, why: &str) -> anyhow::Result<()> {
-    println!("stopping ({why})");
-    engine.stop().context("stopping the engine")?;
-    println!("stopped");
-    Ok(())
 }
