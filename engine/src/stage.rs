@@ -15,7 +15,7 @@ use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
 use crate::inbox::{self, Command, Egress, InboxSender};
 use crate::records::{self, SocketStats};
 use crate::stats;
-use crate::sys::{self, OpenConnections};
+use crate::sys::{self, Heartbeat, OpenConnections};
 use crate::tcp_client::ConnectorSetup;
 use crate::tcp_server::{AcceptorSetup, BoundAddress};
 use crate::{EngineError, executor};
@@ -44,6 +44,8 @@ pub(crate) struct Stage {
     inboxes: Vec<InboxSender>,
     pub(crate) bound: Arc<BoundAddress>,
     pub(crate) latest_stats: Arc<Mutex<Option<SocketStats>>>,
+    /// Each executor's name and heartbeat (none without a heartbeat period).
+    pub(crate) heartbeats: Vec<(String, Arc<Heartbeat>)>,
     stats_thread: Option<JoinHandle<()>>,
     egress_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// Dropped last: marks the channels ended once everything is published.
@@ -86,6 +88,7 @@ impl Stage {
 pub(crate) fn start_tcp_server(
     bus: &BusDir,
     mode: u32,
+    heartbeat: Option<Duration>,
     config: TcpServerConfig,
 ) -> Result<Stage, EngineError> {
     let placements = executor::placements(&config.thread_processor_affinity);
@@ -97,6 +100,7 @@ pub(crate) fn start_tcp_server(
         priority: config.thread_priority,
         placements,
         bound: bound.clone(),
+        heartbeat,
     };
     start(bus, mode, plan, |executors| Role::Acceptor(AcceptorSetup { config, executors, bound }))
 }
@@ -106,6 +110,7 @@ pub(crate) fn start_tcp_server(
 pub(crate) fn start_tcp_client(
     bus: &BusDir,
     mode: u32,
+    heartbeat: Option<Duration>,
     config: TcpClientConfig,
 ) -> Result<Stage, EngineError> {
     let placements = executor::placements(&config.thread_processor_affinity).into_iter().take(1).collect();
@@ -116,6 +121,7 @@ pub(crate) fn start_tcp_client(
         priority: config.thread_priority,
         placements,
         bound: Arc::new(BoundAddress::default()),
+        heartbeat,
     };
     start(bus, mode, plan, |_| Role::Connector(ConnectorSetup { config }))
 }
@@ -129,6 +135,8 @@ struct StagePlan {
     priority: u8,
     placements: Vec<Option<usize>>,
     bound: Arc<BoundAddress>,
+    /// Period of the executors' heartbeats, if any.
+    heartbeat: Option<Duration>,
 }
 
 /// The statistics ring: room for a few records with `max_connections`
@@ -171,7 +179,8 @@ fn start(
     plan: StagePlan,
     opener: impl FnOnce(Vec<InboxSender>) -> Role,
 ) -> Result<Stage, EngineError> {
-    let StagePlan { mut settings, ring_size_b, max_connections, priority, placements, bound } = plan;
+    let StagePlan { mut settings, ring_size_b, max_connections, priority, placements, bound, heartbeat } =
+        plan;
     let stage = settings.stage.clone();
     settings.receive_path = choose_receive_path(&stage, settings.receive_path)?;
     let shards = placements.len() as u32;
@@ -209,6 +218,7 @@ fn start(
         Some(opener(senders.iter().map(InboxSender::try_clone).collect::<Result<_, _>>().map_err(io_error)?));
     let open = Arc::new(OpenConnections::default());
     let mut executors = Vec::new();
+    let mut heartbeats = Vec::new();
     for (index, (core, inbox)) in placements.iter().zip(inboxes).enumerate() {
         let shard = |p: &Producer| p.shard(index as u32).map_err(channel_error(p.name().to_owned()));
         let setup = ExecutorSetup {
@@ -221,8 +231,14 @@ fn start(
             stats: sink.clone(),
             role: opener.take().unwrap_or(Role::Worker),
         };
-        executors
-            .push(executor::spawn(&stage, index, *core, priority, move || connection::run_executor(setup))?);
+        let beating = heartbeat.map(|period| {
+            let counter = Arc::new(Heartbeat::default());
+            heartbeats.push((executor::name(&stage, index), counter.clone()));
+            (period, counter)
+        });
+        executors.push(executor::spawn(&stage, index, *core, priority, beating, move || {
+            connection::run_executor(setup)
+        })?);
     }
     drop(sink);
     let egress_thread = spawn_egress_reader(bus.clone(), stage.clone(), &senders).map_err(io_error)?;
@@ -233,6 +249,7 @@ fn start(
         inboxes: senders,
         bound,
         latest_stats,
+        heartbeats,
         stats_thread: Some(stats_thread),
         egress_thread: Some(egress_thread),
         producers: vec![packets, events, stats_channel],

@@ -17,6 +17,7 @@ mod run;
 mod send;
 mod shutdown;
 mod stats;
+mod systemd;
 mod table;
 mod tail;
 

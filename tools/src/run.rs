@@ -13,6 +13,7 @@ use shm_bus::BusDir;
 
 use crate::metrics::MetricsServer;
 use crate::shutdown::StopSignals;
+use crate::systemd::Systemd;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -48,10 +49,16 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
 
     let metrics_listen = config.metrics.listen;
+    let mut systemd = Systemd::from_env();
 
     // Before starting, so that a signal during start-up stops cleanly too.
     let mut stop = StopSignals::install()?;
-    let engine = Engine::from_config(bus.clone(), config).start().context("starting the engine")?;
+    let mut engine = Engine::from_config(bus.clone(), config);
+    if let Some(period) = systemd.heartbeat_period() {
+        engine = engine.heartbeat(period);
+    }
+    let engine = engine.start().context("starting the engine")?;
+    systemd.start_watchdog(engine.liveness()).context("starting the watchdog thread")?;
     println!("bus: {}", bus.path().display());
     let metrics = match metrics_listen {
         Some(listen) => Some(MetricsServer::start(listen, bus.clone(), engine.stats_view())?),
@@ -60,8 +67,9 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
     if let Some(metrics) = &metrics {
         println!("metrics: http://{}/metrics", metrics.address());
     }
-    let daemon = Daemon { engine, metrics };
+    let daemon = Daemon { engine, metrics, systemd };
     for name in &servers {
+        daemon.systemd.status(&format!("waiting for stage {name} to listen"));
         let address = match wait_listening(&daemon.engine, name, &mut stop) {
             Ok(address) => address,
             Err(signal) => return daemon.shut_down(signal),
@@ -76,6 +84,8 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
     if servers.is_empty() && clients.is_empty() {
         println!("no stages configured");
     }
+    let stages = servers.len() + clients.len();
+    daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
     daemon.shut_down(signal)
@@ -85,11 +95,13 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
 struct Daemon {
     engine: EngineHandle,
     metrics: Option<MetricsServer>,
+    systemd: Systemd,
 }
 
 impl Daemon {
-    fn shut_down(self, why: &str) -> anyhow::Result<()> {
+    fn shut_down(mut self, why: &str) -> anyhow::Result<()> {
         println!("stopping ({why})");
+        self.systemd.stopping(&format!("stopping ({why})"));
         if let Some(metrics) = self.metrics {
             metrics.stop();
         }

@@ -7,7 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -268,4 +270,233 @@ fn without_a_metrics_table_nothing_listens() {
     let mut daemon = Daemon::server(&t.bus, "quiet");
     assert!(!daemon.stdout.iter().any(|l| l.starts_with("metrics")), "{:#?}", daemon.stdout);
     assert!(daemon.stop().success());
+}
+
+/// The service manager's end of `$NOTIFY_SOCKET`: a datagram socket, bound
+/// to a path or (`@name`) in the abstract namespace.
+struct NotifySocket {
+    socket: UnixDatagram,
+    /// The value of `$NOTIFY_SOCKET`.
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn at_path() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        Self { socket, address: path.to_str().unwrap().to_owned(), _dir: dir }
+    }
+
+    fn abstract_name() -> Self {
+        let name = format!("ringest-test-{}-{:?}", std::process::id(), Instant::now());
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&address).unwrap();
+        Self { socket, address: format!("@{name}"), _dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// The next message within `wait`.
+    fn next(&self, wait: Duration) -> Option<String> {
+        let end = Instant::now() + wait;
+        let mut buf = [0; 4096];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            self.socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            match self.socket.recv(&mut buf) {
+                Ok(n) => return Some(text(&buf[..n])),
+                // A signal (a child's SIGCHLD): wait on for what is left.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    return None;
+                }
+                Err(e) => panic!("notify socket: {e}"),
+            }
+        }
+    }
+
+    /// Every message of the next `period`.
+    fn during(&self, period: Duration) -> Vec<String> {
+        let end = Instant::now() + period;
+        std::iter::from_fn(|| {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() { None } else { self.next(left) }
+        })
+        .collect()
+    }
+
+    /// Messages until one has the line `line` (that one last).
+    fn until_line(&self, line: &str) -> Vec<String> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen: Vec<String> = Vec::new();
+        while !seen.last().is_some_and(|m| has_line(m, line)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {line} from the daemon; it sent {seen:#?}");
+            seen.extend(self.next(left));
+        }
+        seen
+    }
+}
+
+fn has_line(message: &str, line: &str) -> bool {
+    message.lines().any(|l| l == line)
+}
+
+fn count_lines(messages: &[String], line: &str) -> usize {
+    messages.iter().filter(|m| has_line(m, line)).count()
+}
+
+/// `ringest run` as systemd starts a `Type=notify` service with
+/// `WatchdogSec=`: `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` (no
+/// `$WATCHDOG_PID`: the variables are meant for this process).
+struct Service {
+    child: Child,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Service {
+    fn start(bus: &shm_bus::BusDir, config: &str, notify: &NotifySocket, watchdog: Duration) -> Self {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(config.as_bytes()).unwrap();
+        let child = ringest(bus)
+            .args(["run", "--config"])
+            .arg(file.path())
+            .env("NOTIFY_SOCKET", &notify.address)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, _config: file }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM; the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ringest run did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn systemd_hears_ready_once_the_port_accepts_then_watchdog_pings_and_stopping() {
+    let t = bus();
+    // The port is taken: the stage retries binding and the daemon is not ready.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let config = format!("[[tcp_server]]\nname = \"sd\"\naddress = \"{address}\"\nring_size_b = 4194304\n");
+    let notify = NotifySocket::at_path();
+    let mut service = Service::start(&t.bus, &config, &notify, Duration::from_millis(600));
+
+    let starting = notify.during(Duration::from_millis(1500));
+    assert_eq!(count_lines(&starting, "READY=1"), 0, "ready while the port is taken: {starting:#?}");
+    assert!(has_line(&starting.concat(), "STATUS=waiting for stage sd to listen"), "{starting:#?}");
+    // The executors run meanwhile: the watchdog hears from them (every 300 ms).
+    assert!(count_lines(&starting, "WATCHDOG=1") >= 2, "{starting:#?}");
+
+    drop(taken);
+    let until_ready = notify.until_line("READY=1");
+    // Ready means the port accepts now.
+    TcpStream::connect(address).expect("READY=1 before the port accepts");
+    assert!(has_line(until_ready.last().unwrap(), "STATUS=running 1 stage"), "{until_ready:#?}");
+
+    let running = notify.during(Duration::from_millis(1500));
+    assert!(count_lines(&running, "WATCHDOG=1") >= 3, "{running:#?}");
+
+    assert!(service.terminate().success());
+    let stopping = notify.until_line("STOPPING=1");
+    assert!(has_line(stopping.last().unwrap(), "STATUS=stopping (SIGTERM)"), "{stopping:#?}");
+}
+
+/// The threads of process `pid` that executor `name` runs on: glommio
+/// names the executor's thread `<name>-<executor id>`, and the thread of
+/// its blocking-operation pool inherits that name.
+fn executor_threads(pid: i32, name: &str) -> Vec<nix::unistd::Pid> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let prefix = format!("{name}-");
+    let tids: Vec<nix::unistd::Pid> = tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            comm.starts_with(&prefix).then(|| nix::unistd::Pid::from_raw(tid))
+        })
+        .collect();
+    assert!(!tids.is_empty(), "no thread of executor {name} in process {pid}");
+    tids
+}
+
+/// Threads this test stopped with ptrace, let go when dropped: before the
+/// daemon is killed, since the threads of a killed process wait for their
+/// tracer, which would be this very thread, waiting for the process.
+struct Stopped(Vec<nix::unistd::Pid>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &thread in &self.0 {
+            nix::sys::ptrace::detach(thread, None).unwrap_or_else(|e| panic!("ptrace detach {thread}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn a_wedged_executor_stops_the_watchdog_pings_until_it_runs_again() {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+
+    let t = bus();
+    let notify = NotifySocket::abstract_name();
+    let watchdog = Duration::from_secs(1); // a ping every 500 ms
+    let mut service = Service::start(&t.bus, &server_config("w"), &notify, watchdog);
+    notify.until_line("READY=1");
+    let healthy = notify.during(Duration::from_millis(1200));
+    assert!(count_lines(&healthy, "WATCHDOG=1") >= 2, "{healthy:#?}");
+
+    // Wedge the stage's executor: a ptrace stop halts just the threads
+    // stopped (the other threads of the daemon, the watchdog's among them,
+    // run on).
+    let mut stopped = Stopped(Vec::new());
+    for thread in executor_threads(service.pid(), "w-0") {
+        ptrace::seize(thread, ptrace::Options::empty())
+            .unwrap_or_else(|e| panic!("ptrace: {e}: this test needs CAP_SYS_PTRACE (root)"));
+        stopped.0.push(thread);
+        ptrace::interrupt(thread).unwrap();
+        waitpid(thread, Some(WaitPidFlag::__WALL)).unwrap();
+    }
+
+    // A check that still sees beats from before the stop may ping once.
+    notify.during(watchdog / 2 + Duration::from_millis(200));
+    let wedged = notify.during(Duration::from_millis(1500));
+    assert_eq!(count_lines(&wedged, "WATCHDOG=1"), 0, "pinged while an executor was wedged: {wedged:#?}");
+    assert!(
+        wedged.iter().any(|m| m.contains("STATUS=watchdog: executor not running its tasks: w-0")),
+        "{wedged:#?}"
+    );
+
+    // Running again, it beats again, and the pings resume.
+    drop(stopped);
+    let resumed = notify.until_line("WATCHDOG=1");
+    assert!(has_line(resumed.last().unwrap(), "STATUS=running"), "{resumed:#?}");
+    assert!(service.terminate().success());
 }
