@@ -500,3 +500,25 @@ fn a_wedged_executor_stops_the_watchdog_pings_until_it_runs_again() {
     assert!(has_line(resumed.last().unwrap(), "STATUS=running"), "{resumed:#?}");
     assert!(service.terminate().success());
 }
+
+#[test]
+fn the_packaged_unit_runs_the_packaged_config_under_notify_with_a_watchdog() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let config = engine::config::EngineConfig::from_file(&root.join("ringest.toml")).unwrap();
+    assert!(config.metrics.listen.is_some());
+    assert!(!config.tcp_server.is_empty() || !config.tcp_client.is_empty());
+    let unit = std::fs::read_to_string(root.join("ringest.service")).unwrap();
+    let settings: Vec<(&str, &str)> = unit.lines().filter_map(|l| l.split_once('=')).collect();
+    let value = |key: &str| settings.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    assert_eq!(value("Type"), Some("notify"));
+    assert_eq!(value("ExecStart"), Some("/usr/local/bin/ringest run --config /etc/ringest/ringest.toml"));
+    for key in ["WatchdogSec", "LimitMEMLOCK", "LimitNOFILE", "ProtectSystem", "ProtectHome", "PrivateTmp"] {
+        assert!(value(key).is_some(), "{key}");
+    }
+    assert_eq!(value("Restart"), Some("on-failure"));
+    assert_eq!(value("AmbientCapabilities"), Some("CAP_SYS_NICE"));
+    assert_eq!(value("ReadWritePaths"), Some("/dev/shm"));
+    assert_eq!(value("NoNewPrivileges"), Some("yes"));
+    // The bus of the packaged config is where the sandbox lets it write.
+    assert!(config.bus.dir.unwrap().starts_with("/dev/shm"));
+}
