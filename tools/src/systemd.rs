@@ -33,6 +33,8 @@ const WATCHDOG: &str = "WATCHDOG=1";
 /// Heartbeats per watchdog ping interval: an executor has several chances
 /// to beat between two checks, so a busy machine does not miss a ping.
 const BEATS_PER_PING: u32 = 4;
+/// Shortest interval between watchdog pings.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The daemon's link to systemd.
 #[derive(Debug)]
@@ -88,9 +90,11 @@ impl Systemd {
     }
 }
 
-/// Half the watchdog timeout, as `sd_watchdog_enabled(3)` advises.
+/// Half the watchdog timeout, as `sd_watchdog_enabled(3)` advises; at
+/// least [`MIN_PING_INTERVAL`], so that an absurd `WatchdogSec` cannot make
+/// the watchdog thread or the heartbeat tasks spin.
 fn ping_interval(timeout: Duration) -> Duration {
-    timeout / 2
+    (timeout / 2).max(MIN_PING_INTERVAL)
 }
 
 /// A `STATUS=` line: one line of text.

@@ -358,14 +358,30 @@ struct Service {
 
 impl Service {
     fn start(bus: &shm_bus::BusDir, config: &str, notify: &NotifySocket, watchdog: Duration) -> Self {
+        Self::start_for(bus, config, notify, watchdog, None)
+    }
+
+    /// As systemd does when `$WATCHDOG_PID` names the process the watchdog
+    /// is meant for.
+    fn start_for(
+        bus: &shm_bus::BusDir,
+        config: &str,
+        notify: &NotifySocket,
+        watchdog: Duration,
+        watchdog_pid: Option<u32>,
+    ) -> Self {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(config.as_bytes()).unwrap();
-        let child = ringest(bus)
+        let mut command = ringest(bus);
+        match watchdog_pid {
+            Some(pid) => command.env("WATCHDOG_PID", pid.to_string()),
+            None => command.env_remove("WATCHDOG_PID"),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(file.path())
             .env("NOTIFY_SOCKET", &notify.address)
             .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
-            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -427,6 +443,21 @@ fn systemd_hears_ready_once_the_port_accepts_then_watchdog_pings_and_stopping() 
     assert!(service.terminate().success());
     let stopping = notify.until_line("STOPPING=1");
     assert!(has_line(stopping.last().unwrap(), "STATUS=stopping (SIGTERM)"), "{stopping:#?}");
+}
+
+#[test]
+fn a_watchdog_meant_for_another_process_is_left_alone() {
+    let t = bus();
+    let notify = NotifySocket::at_path();
+    // systemd sets $WATCHDOG_PID when the variables may reach other processes.
+    let other = std::process::id();
+    let mut service =
+        Service::start_for(&t.bus, &server_config("other"), &notify, Duration::from_millis(200), Some(other));
+    notify.until_line("READY=1");
+    let running = notify.during(Duration::from_millis(800));
+    assert_eq!(count_lines(&running, "WATCHDOG=1"), 0, "{running:#?}");
+    assert!(service.terminate().success());
+    notify.until_line("STOPPING=1");
 }
 
 /// The threads of process `pid` that executor `name` runs on: glommio
