@@ -62,6 +62,9 @@ pub struct EngineConfig {
     /// The `[bus]` table: where and how channels are created.
     #[serde(default)]
     pub bus: BusConfig,
+    /// The `[metrics]` table: the daemon's Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The `[[tcp_server]]` tables, in file order.
     #[serde(default)]
     pub tcp_server: Vec<TcpServerConfig>,
@@ -82,6 +85,16 @@ pub struct BusConfig {
     /// string (`"0640"`, `"0o640"`) or an integer (`0o640`).
     #[serde(deserialize_with = "deserialize_mode")]
     pub mode: u32,
+}
+
+/// The daemon's Prometheus endpoint (`ringest run`); the engine itself
+/// does not serve it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port to serve `/metrics` on (port 0: any free port);
+    /// `None` (the default): no endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A TCP server stage (`[[tcp_server]]`): accepts clients and publishes what
@@ -250,6 +263,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             bus: BusConfig::default(),
+            metrics: MetricsConfig::default(),
             tcp_server: vec![TcpServerConfig::default()],
             tcp_client: Vec::new(),
         }
@@ -736,6 +750,13 @@ const DEFAULT_CONFIG_TOML: &str = r#"# ringest engine configuration.
 # file's group read the channels.
 mode = "0600"
 
+# The Prometheus endpoint of `ringest run`: the counters of the stages, their
+# connections, channels and readers at http://<listen>/metrics, in the
+# Prometheus text format (OpenMetrics when asked for). Off by default.
+[metrics]
+# Address and port to serve on (port 0: any free port, printed at start).
+# listen = "127.0.0.1:9464"
+
 # A TCP server stage: accepts clients and publishes what they send, in packet
 # groups, into channels under its name (<name>/packet_group); what is
 # published to <name>/egress_packets is sent to every client. Repeat the
@@ -998,6 +1019,7 @@ mod tests {
     fn every_key_of_the_wrong_type_is_rejected_with_key_and_line() {
         let tables = [
             ("[bus]", "bus", keys_of::<BusConfig>()),
+            ("[metrics]", "metrics", keys_of::<MetricsConfig>()),
             ("[[tcp_server]]", "tcp_server[0]", keys_of::<TcpServerConfig>()),
             ("[[tcp_client]]", "tcp_client[0]", keys_of::<TcpClientConfig>()),
         ];
@@ -1150,6 +1172,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_an_address_and_port() {
+        assert_eq!(EngineConfig::from_toml_str("").unwrap().metrics.listen, None);
+        let config = EngineConfig::from_toml_str("[metrics]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+        assert_eq!(config.metrics.listen, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+        for value in [r#""127.0.0.1""#, r#""127.0.0.1:65536""#, "9464", r#""""#] {
+            let text = format!("[metrics]\n\nlisten = {value}\n");
+            let (key, line, message) = invalid_parts(EngineConfig::from_toml_str(&text));
+            assert_eq!((key.as_str(), line), ("metrics.listen", Some(3)), "listen = {value}: {message}");
+        }
+        let (key, line, _) = invalid_parts(EngineConfig::from_toml_str("[metrics]\nport = 9464\n"));
+        assert_eq!((key.as_str(), line), ("metrics.port", Some(2)));
+    }
+
+    #[test]
     fn bus_dir_is_a_non_empty_path() {
         let config = EngineConfig::from_toml_str("[bus]\ndir = \"/dev/shm/test\"\n").unwrap();
         assert_eq!(config.bus.dir, Some(PathBuf::from("/dev/shm/test")));
@@ -1163,6 +1199,9 @@ mod tests {
             [bus]
             dir = "/dev/shm/plant"
             mode = "0640"
+
+            [metrics]
+            listen = "[::1]:9100"
 
             [[tcp_server]]
             name = "lidar/front"
@@ -1206,6 +1245,7 @@ mod tests {
         "#;
         let expected = EngineConfig {
             bus: BusConfig { dir: Some(PathBuf::from("/dev/shm/plant")), mode: 0o640 },
+            metrics: MetricsConfig { listen: Some("[::1]:9100".parse().unwrap()) },
             tcp_server: vec![
                 TcpServerConfig {
                     name: "lidar/front".to_owned(),
@@ -1308,7 +1348,12 @@ mod tests {
             (server.name.as_str(), server.address),
             ("ingest", SocketAddr::from(([127, 0, 0, 1], 7400)))
         );
-        let keys = [keys_of::<BusConfig>(), keys_of::<TcpServerConfig>(), keys_of::<TcpClientConfig>()];
+        let keys = [
+            keys_of::<BusConfig>(),
+            keys_of::<MetricsConfig>(),
+            keys_of::<TcpServerConfig>(),
+            keys_of::<TcpClientConfig>(),
+        ];
         for key in keys.concat() {
             assert!(
                 text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
@@ -1332,6 +1377,7 @@ mod tests {
         let config = EngineConfig::from_toml_str(&uncommented.join("\n")).unwrap();
         let expected = EngineConfig {
             bus: BusConfig { dir: Some(PathBuf::from(shm_bus::DEFAULT_BUS_DIR)), ..Default::default() },
+            metrics: MetricsConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) },
             tcp_client: vec![TcpClientConfig::default()],
             ..Default::default()
         };

@@ -3,12 +3,14 @@
 //! kernel until io_uring or a timer wakes it.
 
 use std::future::Future;
-use std::sync::Once;
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::EngineError;
-use crate::sys;
+use crate::liveness;
+use crate::sys::{self, Heartbeat};
 
 /// io_uring memory glommio registers per executor. Registered buffers do
 /// not help TCP receive, and the default (10 MiB) exceeds a typical 8 MiB
@@ -21,12 +23,19 @@ pub(crate) fn placements(affinity: &[usize]) -> Vec<Option<usize>> {
     if affinity.is_empty() { vec![None] } else { affinity.iter().copied().map(Some).collect() }
 }
 
-/// Starts executor `index` of stage `stage` on `core` and runs `body` on it.
+/// The name of executor `index` of stage `stage`, also its thread's name.
+pub(crate) fn name(stage: &str, index: usize) -> String {
+    format!("{stage}-{index}")
+}
+
+/// Starts executor `index` of stage `stage` on `core` and runs `body` on it;
+/// with `heartbeat`, also a task that bumps the counter every period.
 pub(crate) fn spawn<F, Fut>(
     stage: &str,
     index: usize,
     core: Option<usize>,
     priority: u8,
+    heartbeat: Option<(Duration, Arc<Heartbeat>)>,
     body: F,
 ) -> Result<ExecutorJoinHandle<()>, EngineError>
 where
@@ -34,7 +43,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let placement = core.map_or(Placement::Unbound, Placement::Fixed);
-    let name = format!("{stage}-{index}");
+    let name = name(stage, index);
     let stage = stage.to_owned();
     LocalExecutorBuilder::new(placement)
         .name(&name)
@@ -43,7 +52,12 @@ where
             if priority > 0 {
                 apply_priority(&stage, priority);
             }
-            body().await
+            let beating =
+                heartbeat.map(|(period, counter)| glommio::spawn_local(liveness::beat(period, counter)));
+            body().await;
+            if let Some(beating) = beating {
+                beating.cancel().await;
+            }
         })
         .map_err(|e| EngineError::Executor { stage: name, core, message: e.to_string() })
 }

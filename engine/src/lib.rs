@@ -30,6 +30,7 @@ mod egress;
 mod executor;
 mod inbox;
 mod ingest;
+mod liveness;
 pub mod records;
 mod stage;
 mod stats;
@@ -40,10 +41,12 @@ mod tcp_server;
 mod uring_receiver;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shm_bus::BusDir;
 
+pub use liveness::Liveness;
 pub use stage::{
     CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name,
 };
@@ -71,6 +74,7 @@ pub enum EngineError {
 pub struct Engine {
     bus: BusDir,
     mode: u32,
+    heartbeat: Option<Duration>,
     tcp_servers: Vec<TcpServerConfig>,
     tcp_clients: Vec<TcpClientConfig>,
 }
@@ -78,19 +82,33 @@ pub struct Engine {
 impl Engine {
     /// An engine publishing into `bus`, with channel files of mode 0600.
     pub fn new(bus: BusDir) -> Self {
-        Self { bus, mode: 0o600, tcp_servers: Vec::new(), tcp_clients: Vec::new() }
+        Self { bus, mode: 0o600, heartbeat: None, tcp_servers: Vec::new(), tcp_clients: Vec::new() }
     }
 
     /// An engine with every stage of a daemon configuration. `bus` is
     /// where to publish (the caller decides between `config.bus.dir`, a
     /// command-line override and the environment).
     pub fn from_config(bus: BusDir, config: EngineConfig) -> Self {
-        Self { bus, mode: config.bus.mode, tcp_servers: config.tcp_server, tcp_clients: config.tcp_client }
+        Self {
+            bus,
+            mode: config.bus.mode,
+            heartbeat: None,
+            tcp_servers: config.tcp_server,
+            tcp_clients: config.tcp_client,
+        }
     }
 
     /// Permission bits of the channel files (e.g. 0o640 to let a group read).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Makes every executor prove every `period` that it still runs its
+    /// tasks, for a watchdog: see [`EngineHandle::liveness`]. Off by
+    /// default (it costs a timer wake-up per period and executor).
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = Some(period);
         self
     }
 
@@ -120,10 +138,10 @@ impl Engine {
         }
         // On error, `handle` drops and stops what already started.
         for config in self.tcp_servers {
-            handle.stages.push(stage::start_tcp_server(&self.bus, self.mode, config)?);
+            handle.stages.push(stage::start_tcp_server(&self.bus, self.mode, self.heartbeat, config)?);
         }
         for config in self.tcp_clients {
-            handle.stages.push(stage::start_tcp_client(&self.bus, self.mode, config)?);
+            handle.stages.push(stage::start_tcp_client(&self.bus, self.mode, self.heartbeat, config)?);
         }
         Ok(handle)
     }
@@ -169,6 +187,19 @@ impl EngineHandle {
         self.stage(name)?.latest_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Every stage's latest statistics, for another thread to read (e.g. a
+    /// metrics endpoint) while the engine runs.
+    pub fn stats_view(&self) -> StatsView {
+        StatsView { stages: self.stages.iter().map(|s| (s.name.clone(), s.latest_stats.clone())).collect() }
+    }
+
+    /// Every executor's heartbeat counter, for a watchdog thread; empty
+    /// unless started with [`Engine::heartbeat`].
+    pub fn liveness(&self) -> Liveness {
+        let executors = self.stages.iter().flat_map(|s| s.heartbeats.iter().cloned()).collect();
+        Liveness { executors }
+    }
+
     /// Stops every stage gracefully: stop accepting, close the
     /// connections, publish partial groups, mark the channels ended.
     pub fn stop(mut self) -> Result<(), EngineError> {
@@ -183,6 +214,24 @@ impl EngineHandle {
             }
         }
         result
+    }
+}
+
+/// The latest socket statistics of every stage of an engine, as
+/// [`EngineHandle::stats`] returns them; cheap to clone and to send to
+/// another thread. After the engine stops it keeps the last records.
+#[derive(Clone, Debug)]
+pub struct StatsView {
+    stages: Vec<(String, Arc<Mutex<Option<SocketStats>>>)>,
+}
+
+impl StatsView {
+    /// Each stage's name and latest statistics (`None` before the first
+    /// record, about a second after the start), in start order.
+    pub fn latest(&self) -> Vec<(&str, Option<SocketStats>)> {
+        let read =
+            |latest: &Mutex<Option<SocketStats>>| latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.stages.iter().map(|(name, latest)| (name.as_str(), read(latest))).collect()
     }
 }
 

@@ -5,6 +5,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use glommio::ExecutorJoinHandle;
 use shm_bus::{BusDir, ChannelOptions, Producer};
@@ -14,7 +15,7 @@ use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
 use crate::inbox::{self, Command, InboxSender};
 use crate::records::{ReceivePath, SocketStats};
 use crate::stats;
-use crate::sys::{self, OpenConnections};
+use crate::sys::{self, Heartbeat, OpenConnections};
 use crate::tcp_client::ConnectorSetup;
 use crate::tcp_server::{AcceptorSetup, BoundAddress};
 use crate::{EngineError, egress, executor};
@@ -43,6 +44,8 @@ pub(crate) struct Stage {
     pub(crate) latest_stats: Arc<Mutex<Option<SocketStats>>>,
     /// The receive path chosen at start.
     pub(crate) receive_path: ReceivePath,
+    /// Each executor's name and heartbeat (none without a heartbeat period).
+    pub(crate) heartbeats: Vec<(String, Arc<Heartbeat>)>,
     stats_thread: Option<JoinHandle<()>>,
     egress_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     outcome_thread: Option<JoinHandle<()>>,
@@ -90,6 +93,7 @@ impl Stage {
 pub(crate) fn start_tcp_server(
     bus: &BusDir,
     mode: u32,
+    heartbeat: Option<Duration>,
     config: TcpServerConfig,
 ) -> Result<Stage, EngineError> {
     let placements = executor::placements(&config.thread_processor_affinity);
@@ -101,6 +105,7 @@ pub(crate) fn start_tcp_server(
         priority: config.thread_priority,
         placements,
         bound: bound.clone(),
+        heartbeat,
     };
     start(bus, mode, plan, |executors| Role::Acceptor(AcceptorSetup { config, executors, bound }))
 }
@@ -110,6 +115,7 @@ pub(crate) fn start_tcp_server(
 pub(crate) fn start_tcp_client(
     bus: &BusDir,
     mode: u32,
+    heartbeat: Option<Duration>,
     config: TcpClientConfig,
 ) -> Result<Stage, EngineError> {
     let placements = executor::placements(&config.thread_processor_affinity).into_iter().take(1).collect();
@@ -120,6 +126,7 @@ pub(crate) fn start_tcp_client(
         priority: config.thread_priority,
         placements,
         bound: Arc::new(BoundAddress::default()),
+        heartbeat,
     };
     start(bus, mode, plan, |_| Role::Connector(ConnectorSetup { config }))
 }
@@ -133,6 +140,8 @@ struct StagePlan {
     priority: u8,
     placements: Vec<Option<usize>>,
     bound: Arc<BoundAddress>,
+    /// Period of the executors' heartbeats, if any.
+    heartbeat: Option<Duration>,
 }
 
 /// The statistics ring: room for a few records with `max_connections`
@@ -175,7 +184,8 @@ fn start(
     plan: StagePlan,
     opener: impl FnOnce(Vec<InboxSender>) -> Role,
 ) -> Result<Stage, EngineError> {
-    let StagePlan { mut settings, ring_size_b, max_connections, priority, placements, bound } = plan;
+    let StagePlan { mut settings, ring_size_b, max_connections, priority, placements, bound, heartbeat } =
+        plan;
     let stage = settings.stage.clone();
     settings.receive_path = choose_receive_path(&stage, settings.receive_path)?;
     let shards = placements.len() as u32;
@@ -222,6 +232,7 @@ fn start(
         Some(opener(senders.iter().map(InboxSender::try_clone).collect::<Result<_, _>>().map_err(io_error)?));
     let open = Arc::new(OpenConnections::default());
     let mut executors = Vec::new();
+    let mut heartbeats = Vec::new();
     for (index, (core, inbox)) in placements.iter().zip(inboxes).enumerate() {
         let shard = |p: &Producer| p.shard(index as u32).map_err(channel_error(p.name().to_owned()));
         let setup = ExecutorSetup {
@@ -235,8 +246,14 @@ fn start(
             outcomes: outcomes.clone(),
             role: opener.take().unwrap_or(Role::Worker),
         };
-        executors
-            .push(executor::spawn(&stage, index, *core, priority, move || connection::run_executor(setup))?);
+        let beating = heartbeat.map(|period| {
+            let counter = Arc::new(Heartbeat::default());
+            heartbeats.push((executor::name(&stage, index), counter.clone()));
+            (period, counter)
+        });
+        executors.push(executor::spawn(&stage, index, *core, priority, beating, move || {
+            connection::run_executor(setup)
+        })?);
     }
     drop(sink);
     drop(outcomes);
@@ -252,6 +269,7 @@ fn start(
             ReceivePathChoice::IoUring => ReceivePath::IoUringMultishot,
             _ => ReceivePath::GlommioRead,
         },
+        heartbeats,
         stats_thread: Some(stats_thread),
         egress_thread: Some(egress_thread),
         outcome_thread: Some(outcome_thread),

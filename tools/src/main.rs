@@ -7,16 +7,19 @@ mod demo;
 mod executors;
 mod flags;
 mod follow;
+mod generate;
 mod human;
 mod loadgen;
 mod log;
 mod ls;
+mod metrics;
 mod progress;
 mod replay;
 mod run;
 mod send;
 mod shutdown;
 mod stats;
+mod systemd;
 mod table;
 mod tail;
 
@@ -24,14 +27,18 @@ use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use shm_bus::BusDir;
 use tracing_subscriber::EnvFilter;
+
+/// The version `--version` prints: the crate's, and the git commit built
+/// from (`unknown` outside a git checkout; see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RINGEST_GIT_COMMIT"), ")");
 
 /// A thread-per-core TCP ingest engine that publishes what it receives into
 /// shared memory, and the tools around it.
 #[derive(Parser, Debug)]
-#[command(name = "ringest", version)]
+#[command(name = "ringest", version = VERSION)]
 struct Cli {
     /// Bus directory the channels live in [default: $RINGEST_BUS, or
     /// /dev/shm/ringest]. Overrides the [bus] dir of a config file.
@@ -62,6 +69,11 @@ enum Command {
     Send(send::SendArgs),
     /// Opens TCP connections and writes random messages to them.
     Loadgen(loadgen::LoadgenArgs),
+    /// Prints a shell completion script (e.g. `ringest completions bash >
+    /// /etc/bash_completion.d/ringest`).
+    Completions(generate::CompletionsArgs),
+    /// Prints the manual page (roff; e.g. `ringest man | man -l -`).
+    Man(generate::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +106,8 @@ impl Cli {
             Command::Replay(args) => replay::run(args),
             Command::Send(args) => send::run(args, &bus_dir()),
             Command::Loadgen(args) => loadgen::cli(args),
+            Command::Completions(args) => generate::completions(args, Cli::command()),
+            Command::Man(args) => generate::man(args, Cli::command()),
         }
     }
 }

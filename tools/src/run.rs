@@ -14,7 +14,9 @@ use engine::{
 use shm_bus::BusDir;
 
 use crate::executors;
+use crate::metrics::MetricsServer;
 use crate::shutdown::StopSignals;
+use crate::systemd::Systemd;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -69,25 +71,64 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         })
         .collect();
 
+    let metrics_listen = config.metrics.listen;
+    let mut systemd = Systemd::from_env();
+
     // Before starting, so that a signal during start-up stops cleanly too.
     let mut stop = StopSignals::install()?;
-    let engine = Engine::from_config(bus.clone(), config).start().context("starting the engine")?;
+    let mut engine = Engine::from_config(bus.clone(), config);
+    if let Some(period) = systemd.heartbeat_period() {
+        engine = engine.heartbeat(period);
+    }
+    let engine = engine.start().context("starting the engine")?;
+    systemd.start_watchdog(engine.liveness()).context("starting the watchdog thread")?;
     println!("bus: {}", bus.path().display());
+    let metrics = match metrics_listen {
+        Some(listen) => Some(MetricsServer::start(listen, bus.clone(), engine.stats_view())?),
+        None => None,
+    };
+    if let Some(metrics) = &metrics {
+        println!("metrics: http://{}/metrics", metrics.address());
+    }
+    let daemon = Daemon { engine, metrics, systemd };
     for (name, configured, cores) in &servers {
-        let address = match wait_listening(&engine, name, configured, &mut stop) {
+        daemon.systemd.status(&format!("waiting for stage {name} to listen"));
+        let address = match wait_listening(&daemon.engine, name, configured, &mut stop) {
             Ok(address) => address,
-            Err(signal) => return shut_down(engine, signal),
+            Err(signal) => return daemon.shut_down(signal),
         };
         println!("stage {name}: listening on {address}");
-        print_stage(&engine, name, cores, "its clients");
+        print_stage(&daemon.engine, name, cores, "its clients");
     }
     for (name, address, cores) in &clients {
         println!("stage {name}: connecting to {address}");
-        print_stage(&engine, name, cores, "the server");
+        print_stage(&daemon.engine, name, cores, "the server");
     }
+    let stages = servers.len() + clients.len();
+    daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
-    shut_down(engine, signal)
+    daemon.shut_down(signal)
+}
+
+/// What runs until a stop signal.
+struct Daemon {
+    engine: EngineHandle,
+    metrics: Option<MetricsServer>,
+    systemd: Systemd,
+}
+
+impl Daemon {
+    fn shut_down(mut self, why: &str) -> anyhow::Result<()> {
+        println!("stopping ({why})");
+        self.systemd.stopping(&format!("stopping ({why})"));
+        if let Some(metrics) = self.metrics {
+            metrics.stop();
+        }
+        self.engine.stop().context("stopping the engine")?;
+        println!("stopped");
+        Ok(())
+    }
 }
 
 /// The cores and the priority a stage's executors were configured with.
@@ -139,11 +180,4 @@ fn print_stage(engine: &EngineHandle, stage: &str, (cores, priority): &Executors
         channel_name(stage, EGRESS_PACKETS),
         channel_name(stage, EGRESS_OUTCOMES)
     );
-}
-
-fn shut_down(engine: EngineHandle, why: &str) -> anyhow::Result<()> {
-    println!("stopping ({why})");
-    engine.stop().context("stopping the engine")?;
-    println!("stopped");
-    Ok(())
 }

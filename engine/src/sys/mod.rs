@@ -1,6 +1,6 @@
 //! Every `unsafe` block and every atomic of the engine: a few system calls
-//! libc offers only as `unsafe fn`, the one counter shared between
-//! executor threads, and ([`uring`]) the raw io_uring of the receive path
+//! libc offers only as `unsafe fn`, the counters shared between executor
+//! threads and other threads, and ([`uring`]) the raw io_uring of the receive path
 //! with its provided buffer ring.
 
 pub(crate) mod uring;
@@ -56,5 +56,23 @@ impl OpenConnections {
     pub(crate) fn close(&self) {
         // Relaxed: as above.
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How many times an executor has proven that it runs its tasks: bumped by
+/// a task on that executor, read by a watchdog thread.
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat(std::sync::atomic::AtomicU64);
+
+impl Heartbeat {
+    pub(crate) fn beat(&self) {
+        // Relaxed: a counter that publishes no other memory; the watchdog
+        // only compares its values over time.
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        // Relaxed: see `beat`.
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
