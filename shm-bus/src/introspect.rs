@@ -30,12 +30,13 @@ pub struct ChannelInfo {
 impl ChannelInfo {
     /// Records written over all shards.
     pub fn records_written(&self) -> u64 {
-        self.shards.iter().map(|s| s.records_written).sum()
+        // Saturating: the counters come from a file, which may be damaged.
+        self.shards.iter().fold(0u64, |sum, s| sum.saturating_add(s.records_written))
     }
 
     /// Payload bytes written over all shards.
     pub fn bytes_written(&self) -> u64 {
-        self.shards.iter().map(|s| s.bytes_written).sum()
+        self.shards.iter().fold(0u64, |sum, s| sum.saturating_add(s.bytes_written))
     }
 }
 
@@ -116,12 +117,17 @@ pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError
             }
             let (mut lag_records, mut lag_bytes) = (0, 0);
             for (shard, &(pos, next_seq)) in shards.iter().zip(&snap.shards) {
-                lag_bytes += shard.write_pos.saturating_sub(pos);
-                lag_records += if next_seq == u64::MAX {
-                    u64::from(pos < shard.write_pos)
-                } else {
-                    shard.records_written.saturating_sub(next_seq)
-                };
+                // Saturating: positions and counters come from files, which
+                // may be damaged.
+                lag_bytes = u64::saturating_add(lag_bytes, shard.write_pos.saturating_sub(pos));
+                lag_records = u64::saturating_add(
+                    lag_records,
+                    if next_seq == u64::MAX {
+                        u64::from(pos < shard.write_pos)
+                    } else {
+                        shard.records_written.saturating_sub(next_seq)
+                    },
+                );
             }
             Some(ReaderInfo {
                 slot: i as u32,

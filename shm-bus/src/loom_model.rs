@@ -81,7 +81,12 @@ impl Model {
     /// A lossy reader starting at the oldest record.
     pub fn lossy_reader(&self) -> ModelReader {
         ModelReader {
-            cursor: CursorCore::new(self.shard.clone(), self.shard.tail_pos(), u64::MAX, false),
+            cursor: CursorCore::new(
+                self.shard.clone(),
+                self.shard.tail_pos().expect("a valid tail"),
+                u64::MAX,
+                false,
+            ),
             slot: None,
             slots: self.slots.clone(),
         }
@@ -105,7 +110,7 @@ impl Model {
     /// Takes slot 0 as `state` at the oldest record; returns that position.
     fn register(&self, state: u32) -> u64 {
         assert!(self.slots.try_claim(0, slot_state::FREE));
-        let start = self.shard.tail_pos();
+        let start = self.shard.tail_pos().expect("a valid tail");
         self.slots.fill(0, Default::default(), 0, 0, &[start]);
         self.slots.activate(0, state, &self.words.readers);
         start

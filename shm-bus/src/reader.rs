@@ -23,7 +23,7 @@ use crate::channel::{self, BusDir, ChannelMap, ChannelState};
 use crate::error::{AttachError, RecvError};
 use crate::layout::slot_state;
 use crate::liveness;
-use crate::ring::{Arc, CursorCore, Head, monotonic_ns};
+use crate::ring::{Arc, Corrupt, CursorCore, Head, monotonic_ns};
 
 /// Where a new reader starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,27 +144,32 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
     if slot.is_none() && opts.gated {
         return Err(AttachError::NoReaderSlot { name: map.geometry.name.clone(), slots: slots.count as u32 });
     }
+    // A file that turns out corrupt leaves no slot behind.
+    let give_back = |slot: Option<usize>| {
+        if let Some(i) = slot {
+            slots.free(i);
+        }
+    };
+    let corrupt = |shard: usize, c: Corrupt| AttachError::Corrupt {
+        path: map.ring_path.clone(),
+        what: format!("shard {shard} at position {}: {}", c.pos, c.what),
+    };
     // Start position and the sequence number expected there (u64::MAX:
     // unknown, nothing counts as lost before the first record).
     let starts: Vec<(u64, u64)> = map
         .shards
         .iter()
-        .map(|shard| match opts.start {
-            StartAt::Oldest => (shard.tail_pos(), u64::MAX),
-            StartAt::Next => shard.end_snapshot(),
-            StartAt::Latest => {
-                let c = shard.counters();
-                if c.last_record_pos != u64::MAX
-                    && c.last_record_pos >= c.tail_pos
-                    && c.last_record_pos < c.write_pos
-                {
-                    (c.last_record_pos, u64::MAX)
-                } else {
-                    shard.end_snapshot()
-                }
+        .enumerate()
+        .map(|(i, shard)| {
+            match opts.start {
+                StartAt::Oldest => shard.tail_pos().map(|tail| (tail, u64::MAX)),
+                StartAt::Next => shard.end_snapshot(),
+                StartAt::Latest => shard.latest_start(),
             }
+            .map_err(|c| corrupt(i, c))
         })
-        .collect();
+        .collect::<Result<_, _>>()
+        .inspect_err(|_| give_back(slot))?;
     let mut positions: Vec<u64> = starts.iter().map(|&(pos, _)| pos).collect();
     if let Some(i) = slot {
         slots.fill(i, liveness::own_identity(), monotonic_ns(), liveness::realtime_ns(), &positions);
@@ -186,11 +191,8 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
             CursorCore::new(shard.clone(), pos, seq, opts.gated)
         })
         .collect();
-    for cursor in &mut cursors {
-        cursor.anchor().map_err(|c| AttachError::Corrupt {
-            path: map.ring_path.clone(),
-            what: format!("at position {}: {}", c.pos, c.what),
-        })?;
+    for (i, cursor) in cursors.iter_mut().enumerate() {
+        cursor.anchor().map_err(|c| corrupt(i, c)).inspect_err(|_| give_back(slot))?;
     }
     Ok((cursors, slot))
 }
@@ -262,7 +264,8 @@ impl Reader {
                     written.saturating_sub(c.next_seq())
                 }
             })
-            .sum()
+            // Saturating: the counters come from a file.
+            .fold(0, u64::saturating_add)
     }
 
     fn flush_accounting(&mut self) {

@@ -85,8 +85,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::layout::{
-    KIND_PADDING, RECORD_HEADER, channel_header, reader_slot, readers_header, record_header, record_size,
-    shard_header, slot_state,
+    KIND_PADDING, MAX_POSITION, RECORD_ALIGN, RECORD_HEADER, channel_header, max_payload, reader_slot,
+    readers_header, record_header, record_size, shard_header, slot_state,
 };
 
 #[cfg(loom)]
@@ -559,9 +559,10 @@ impl Slots {
     /// start meanwhile, start at its tail instead. Returns the position to
     /// start at.
     pub(crate) fn settle_gated_start(&self, slot: usize, shard: usize, shard_mem: &ShardMem) -> u64 {
-        // Relaxed: ordered after the SeqCst fence in `activate` (sync point
-        // R), which is what the handshake needs.
-        let tail = shard_mem.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed);
+        // Relaxed (with an Acquire fence after it, see `load_tail`): ordered
+        // after the SeqCst fence in `activate` (sync point R), which is what
+        // the handshake needs. A corrupt value is caught by the cursor.
+        let tail = shard_mem.load_tail();
         // Relaxed: our own earlier store.
         let pos = self.position_word(slot, shard).load(Ordering::Relaxed);
         if tail > pos {
@@ -589,11 +590,11 @@ impl Slots {
         // introspection and liveness, which tolerate stale values.
         if received != 0 {
             let w = self.word64(slot, reader_slot::RECEIVED);
-            w.store(w.load(Ordering::Relaxed) + received, Ordering::Relaxed);
+            w.store(w.load(Ordering::Relaxed).wrapping_add(received), Ordering::Relaxed);
         }
         if lost != 0 {
             let w = self.word64(slot, reader_slot::LOST);
-            w.store(w.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
+            w.store(w.load(Ordering::Relaxed).wrapping_add(lost), Ordering::Relaxed);
         }
         self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
     }
@@ -655,6 +656,22 @@ impl Slots {
 // Shards
 // ---------------------------------------------------------------------------
 
+/// Checks a position read from a file: a record boundary (a multiple of
+/// [`RECORD_ALIGN`]) no larger than [`MAX_POSITION`], so that reading a
+/// header there stays aligned and stepping over a record cannot overflow.
+pub(crate) fn check_position(field: &str, pos: u64) -> Result<(), Corrupt> {
+    if pos % RECORD_ALIGN != 0 {
+        return Err(Corrupt { pos, what: format!("{field} {pos} is not a multiple of {RECORD_ALIGN}") });
+    }
+    if pos > MAX_POSITION {
+        return Err(Corrupt {
+            pos,
+            what: format!("{field} {pos} exceeds the largest position {MAX_POSITION}"),
+        });
+    }
+    Ok(())
+}
+
 /// One shard: its header page and its data ring.
 #[derive(Clone, Debug)]
 pub(crate) struct ShardMem {
@@ -670,7 +687,6 @@ pub(crate) struct ShardCounters {
     pub(crate) tail_pos: u64,
     pub(crate) records_written: u64,
     pub(crate) bytes_written: u64,
-    pub(crate) last_record_pos: u64,
     pub(crate) full_count: u64,
     pub(crate) publish_count: u64,
     pub(crate) start_over_count: u64,
@@ -686,34 +702,84 @@ impl ShardMem {
         self.data.u64_at((pos & self.mask()) as usize + field)
     }
 
-    /// Acquire-loads `write_pos` (sync point P, reader side).
+    /// Loads `write_pos` (sync point P, reader side): a Relaxed load and an
+    /// Acquire fence, which synchronises exactly like an Acquire load (the
+    /// fence pairs with the writer's Release store in `publish`) and, unlike
+    /// one, is blessed by the std docs on a read-only mapping.
     pub(crate) fn write_pos(&self) -> u64 {
-        self.header.u64_at(shard_header::WRITE_POS).load(Ordering::Acquire)
+        let write_pos = self.header.u64_at(shard_header::WRITE_POS).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        write_pos
     }
 
-    /// The tail, for choosing a start position (no validation relies on it).
-    pub(crate) fn tail_pos(&self) -> u64 {
-        // Relaxed: only picks a start position; the records there are read
-        // after an Acquire load of `write_pos` (sync point P) covers them.
-        self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed)
+    /// Loads `tail_pos`, unchecked. Relaxed plus an Acquire fence: pairs
+    /// with the writer's Release store of the tail (sync point T), so a
+    /// `write_pos` loaded afterwards is at least the one published before
+    /// that tail, which the tail never passes.
+    fn load_tail(&self) -> u64 {
+        let tail = self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        tail
+    }
+
+    /// The tail, for choosing a start position or resuming after a lap,
+    /// checked: a record boundary (a multiple of 8) at or below `write_pos`.
+    pub(crate) fn tail_pos(&self) -> Result<u64, Corrupt> {
+        let tail = self.load_tail();
+        check_position("tail_pos", tail)?;
+        let write_pos = self.checked_write_pos(tail)?;
+        if tail > write_pos {
+            return Err(Corrupt {
+                pos: tail,
+                what: format!("tail_pos {tail} is beyond write_pos {write_pos}"),
+            });
+        }
+        Ok(tail)
+    }
+
+    /// `write_pos` (sync point P), checked to be a possible position.
+    /// `at` names where the caller stands, for the error.
+    fn checked_write_pos(&self, at: u64) -> Result<u64, Corrupt> {
+        let write_pos = self.write_pos();
+        check_position("write_pos", write_pos).map_err(|c| Corrupt { pos: at, ..c })?;
+        Ok(write_pos)
     }
 
     /// The published end and the sequence number of the record that will
     /// start there, for a reader that starts at the end. The two words are
     /// stored separately, so a publish racing this call can make the
     /// sequence number run ahead by that batch (never behind): `write_pos`
-    /// is loaded first with Acquire (sync point P), which makes the
-    /// `records_written` stored before it visible.
-    pub(crate) fn end_snapshot(&self) -> (u64, u64) {
-        let write_pos = self.write_pos();
-        // Relaxed: ordered after the Acquire load above.
+    /// is loaded first (sync point P), which makes the `records_written`
+    /// stored before it visible.
+    pub(crate) fn end_snapshot(&self) -> Result<(u64, u64), Corrupt> {
+        let write_pos = self.checked_write_pos(0)?;
+        // Relaxed: ordered after the Acquire fence in `write_pos`.
         let seq = self.header.u64_at(shard_header::RECORDS_WRITTEN).load(Ordering::Relaxed);
-        (write_pos, seq)
+        Ok((write_pos, seq))
     }
 
+    /// Where a reader starting at the newest published record starts, and
+    /// the sequence number expected there (`u64::MAX`: learn it from the
+    /// record): `last_record_pos` when it lies in `tail_pos..write_pos`,
+    /// else the end.
+    pub(crate) fn latest_start(&self) -> Result<(u64, u64), Corrupt> {
+        let tail = self.tail_pos()?;
+        // Relaxed: a hint, checked against the tail and `write_pos` loaded
+        // after it (a stale value outside that range is ignored).
+        let last = self.header.u64_at(shard_header::LAST_RECORD_POS).load(Ordering::Relaxed);
+        let (write_pos, seq) = self.end_snapshot()?;
+        if last != u64::MAX && last >= tail && last < write_pos {
+            check_position("last_record_pos", last)?;
+            return Ok((last, u64::MAX));
+        }
+        Ok((write_pos, seq))
+    }
+
+    /// Every counter as found, unchecked: for introspection, which only
+    /// displays them.
     pub(crate) fn counters(&self) -> ShardCounters {
-        // Acquire on write_pos (sync point P); the rest are statistics
-        // stored before it, Relaxed.
+        // write_pos through the Acquire fence (sync point P); the rest are
+        // statistics stored before it, Relaxed.
         let write_pos = self.write_pos();
         let r = Ordering::Relaxed;
         ShardCounters {
@@ -721,7 +787,6 @@ impl ShardMem {
             tail_pos: self.header.u64_at(shard_header::TAIL_POS).load(r),
             records_written: self.header.u64_at(shard_header::RECORDS_WRITTEN).load(r),
             bytes_written: self.header.u64_at(shard_header::BYTES_WRITTEN).load(r),
-            last_record_pos: self.header.u64_at(shard_header::LAST_RECORD_POS).load(r),
             full_count: self.header.u64_at(shard_header::FULL_COUNT).load(r),
             publish_count: self.header.u64_at(shard_header::PUBLISH_COUNT).load(r),
             start_over_count: self.header.u64_at(shard_header::START_OVER_COUNT).load(r),
@@ -1041,7 +1106,8 @@ impl WriterCore {
         h.u64_at(shard_header::BYTES_WRITTEN).store(self.bytes_committed, r);
         h.u64_at(shard_header::LAST_RECORD_POS).store(self.last_record_pos, r);
         let publishes = h.u64_at(shard_header::PUBLISH_COUNT);
-        publishes.store(publishes.load(r) + 1, r);
+        // Wrapping: a statistic, not worth a panic if the file was damaged.
+        publishes.store(publishes.load(r).wrapping_add(1), r);
         // Release: pairs with the readers' Acquire load in `ShardMem::write_pos`.
         h.u64_at(shard_header::WRITE_POS).store(self.pending, Ordering::Release);
         self.published = self.pending;
@@ -1189,8 +1255,9 @@ impl WriterCore {
     /// Bumps the shard-header statistic at `offset`.
     fn count(&self, offset: usize) {
         let w = self.shard.header.u64_at(offset);
-        // Relaxed: a statistic with a single writer.
-        w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // Relaxed: a statistic with a single writer. Wrapping: not worth a
+        // panic if the file was damaged.
+        w.store(w.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// While full: whether the reader that blocked us last time still holds
@@ -1339,8 +1406,12 @@ impl WriterCore {
             tail = next;
         }
         if tail > self.tail {
-            // Relaxed: ordered by the fence below.
-            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::Relaxed);
+            // Release: pairs with the Acquire fence after a reader's tail
+            // load (`ShardMem::load_tail`): a reader that sees this tail sees
+            // `write_pos` at least as far (the tail never passes it), which
+            // lets it treat a tail beyond `write_pos` as corrupt. The fence
+            // below orders it before the overwriting stores (sync point T).
+            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::Release);
             self.tail = tail;
         }
         // One SeqCst fence serves two sync points. T: as a Release fence it
@@ -1431,13 +1502,28 @@ impl CursorCore {
     }
 
     /// Whether a record may be ready (cheap: only loads `write_pos` when the
-    /// cached value is used up).
+    /// cached value is used up). A corrupt `write_pos` counts as ready, so
+    /// that the caller's next `peek` reports it.
     pub(crate) fn has_data(&mut self) -> bool {
+        self.fetch_data().unwrap_or(true)
+    }
+
+    /// As `has_data`, with a checked `write_pos`: a possible position, and
+    /// not below ours (every position a cursor takes is at or below the
+    /// `write_pos` loaded after it).
+    fn fetch_data(&mut self) -> Result<bool, Corrupt> {
         if self.pos < self.cached_write {
-            return true;
+            return Ok(true);
         }
-        self.cached_write = self.shard.write_pos();
-        self.pos < self.cached_write
+        let write_pos = self.shard.checked_write_pos(self.pos)?;
+        if self.pos > write_pos {
+            return Err(Corrupt {
+                pos: self.pos,
+                what: format!("write_pos {write_pos} went back below this position"),
+            });
+        }
+        self.cached_write = write_pos;
+        Ok(self.pos < write_pos)
     }
 
     /// Sync point V for lossy cursors: true when nothing at or after `pos`
@@ -1454,7 +1540,10 @@ impl CursorCore {
     pub(crate) fn peek(&mut self) -> Result<Option<Head>, Corrupt> {
         let cap = self.shard.capacity;
         loop {
-            if !self.has_data() {
+            // A start taken from a corrupt header field: never read a
+            // header there (it would be misaligned).
+            check_position("reader position", self.pos)?;
+            if !self.fetch_data()? {
                 return Ok(None);
             }
             let pos = self.pos;
@@ -1473,7 +1562,7 @@ impl CursorCore {
             if !self.gated && !self.intact_from(pos) {
                 // Lapped: resume at the oldest retained record. The loss is
                 // counted from the sequence numbers of the next record.
-                self.pos = self.shard.tail_pos();
+                self.pos = self.shard.tail_pos()?;
                 continue;
             }
             let len = lkf & 0xFFFF_FFFF;
@@ -1493,6 +1582,18 @@ impl CursorCore {
             if kind == KIND_PADDING {
                 self.pos = pos + record_size(len);
                 continue;
+            }
+            if len > max_payload(cap) {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("record length {len} exceeds the largest payload {}", max_payload(cap)),
+                });
+            }
+            if seq == u64::MAX {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("sequence number {seq} leaves no room for the next"),
+                });
             }
             let lost = if self.next_seq == u64::MAX {
                 0
@@ -1520,7 +1621,7 @@ impl CursorCore {
         if let Some(head) = self.peek()? {
             self.next_seq = head.seq;
         } else {
-            let (write_pos, seq) = self.shard.end_snapshot();
+            let (write_pos, seq) = self.shard.end_snapshot()?;
             if self.pos == write_pos {
                 self.next_seq = seq;
             }
