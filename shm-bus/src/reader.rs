@@ -109,6 +109,14 @@ pub struct Reader {
     stats: ReaderStats,
     /// Counts not yet flushed into the slot.
     unaccounted: (u64, u64),
+    /// The payload of the next or last record of a lossy reader, copied
+    /// out of shared memory and validated (see [`Sample::payload`]).
+    copy: Vec<u8>,
+    /// The (shard, position) of the head whose payload `copy` holds, until
+    /// it is delivered.
+    copied: Option<(usize, u64)>,
+    /// Whether the losses at the end of the stream were counted.
+    end_counted: bool,
     last_idle_check: Instant,
 }
 
@@ -213,6 +221,9 @@ impl Reader {
             slot,
             stats: ReaderStats::default(),
             unaccounted: (0, 0),
+            copy: Vec::new(),
+            copied: None,
+            end_counted: false,
             last_idle_check: Instant::now(),
         })
     }
@@ -307,12 +318,45 @@ impl Reader {
                 }
             }
             let Some((shard, head)) = best else { return Ok(None) };
-            // A head peeked a while ago may have been overwritten since
-            // (lossy readers): check again before handing it out.
-            if self.cursors[shard].still_valid(&head) {
+            let cursor = &self.cursors[shard];
+            if cursor.gated || self.copied == Some((shard, head.pos)) {
+                return Ok(Some((shard, head)));
+            }
+            // A lossy reader's record may be overwritten at any moment: it
+            // gets a copy, made with atomic loads and validated after (sync
+            // point V), which also proves the header peeked earlier intact.
+            // A lapped copy is dropped; the cursor, still on the record,
+            // finds out at its next peek and counts the loss.
+            if cursor.copy_payload(&head, &mut self.copy) {
+                self.copied = Some((shard, head.pos));
                 return Ok(Some((shard, head)));
             }
             self.heads[shard] = None;
+        }
+    }
+
+    /// Once the channel ended and every shard is drained: records lapped
+    /// after the last one delivered, which no later record reports (a
+    /// lapped cursor resumes at the tail, and nothing may follow it),
+    /// count as lost (FORMAT.md §6.3, "Losses at the end").
+    fn count_losses_at_end(&mut self) {
+        if self.end_counted {
+            return;
+        }
+        self.end_counted = true;
+        let lost = self
+            .map
+            .shards
+            .iter()
+            .zip(&self.cursors)
+            .filter(|(_, c)| c.next_seq() != u64::MAX)
+            // Saturating: the counter comes from a file.
+            .map(|(shard, c)| shard.counters().records_written.saturating_sub(c.next_seq()))
+            .fold(0, u64::saturating_add);
+        if lost != 0 {
+            self.stats.lost = self.stats.lost.saturating_add(lost);
+            self.unaccounted.1 = self.unaccounted.1.saturating_add(lost);
+            self.flush_accounting();
         }
     }
 
@@ -336,6 +380,8 @@ impl Reader {
             }
             self.map = Arc::new(map);
             self.heads = vec![None; cursors.len()];
+            self.copied = None;
+            self.end_counted = false;
             self.cursors = cursors;
             self.slot = slot;
             self.stats.restarts += 1;
@@ -344,6 +390,7 @@ impl Reader {
         if state == ChannelState::Ended {
             // ENDED is stored after the last publish: look once more.
             if self.cursors.iter_mut().all(|c| !c.has_data()) {
+                self.count_losses_at_end();
                 return Ok(Some(Event::Ended));
             }
         }
@@ -354,6 +401,8 @@ impl Reader {
     pub fn try_recv(&mut self) -> Result<Option<Event<'_>>, RecvError> {
         if let Some((shard, head)) = self.next_head()? {
             self.heads[shard] = None;
+            // `next_head` copied a lossy reader's payload into `self.copy`.
+            let copied = self.copied.take().is_some();
             self.cursors[shard].advance(&head);
             self.stats.received += 1;
             self.stats.lost += head.lost;
@@ -362,7 +411,7 @@ impl Reader {
             if self.unaccounted.0 >= ACCOUNT_EVERY || head.lost != 0 {
                 self.flush_accounting();
             }
-            return Ok(Some(Event::Record(Sample { reader: self, shard, head })));
+            return Ok(Some(Event::Record(Sample { reader: self, shard, head, copied })));
         }
         self.lifecycle()
     }
@@ -440,15 +489,26 @@ impl Drop for Reader {
     }
 }
 
-/// One record, borrowed in place from the shared mapping (no copy). For a
-/// gated reader the producer cannot overwrite it while the sample lives; it
-/// is released when the sample is dropped. For a lossy reader it may be
-/// overwritten if the producer laps the reader meanwhile: check
-/// [`Sample::is_valid`] after using the payload.
+/// One record.
+///
+/// - For a **gated** reader the payload is borrowed in place from the shared
+///   mapping (zero copy): the producer cannot overwrite it while the sample
+///   lives, and it is released when the sample is dropped.
+/// - For a **lossy** reader the payload is a private copy, made when the
+///   record was received with one relaxed atomic load per 8-byte word and
+///   validated afterwards against the shard's tail (sync point V in
+///   FORMAT.md). A record the producer overwrote during the copy is never
+///   delivered: the reader skips to the oldest retained record and counts
+///   the loss ([`Sample::lost_before`]). Reading bytes in place that another
+///   process may be writing would be a data race (undefined behaviour in
+///   Rust's memory model, seqlock or not), so lossy readers never get a view
+///   of shared memory.
 pub struct Sample<'r> {
     reader: &'r mut Reader,
     shard: usize,
     head: Head,
+    /// Whether the payload is `reader.copy` (lossy) rather than in place.
+    copied: bool,
 }
 
 impl fmt::Debug for Sample<'_> {
@@ -463,9 +523,10 @@ impl fmt::Debug for Sample<'_> {
 }
 
 impl Sample<'_> {
-    /// The record's bytes, in place.
+    /// The record's bytes: in place for a gated reader, a validated copy
+    /// for a lossy reader (see [`Sample`]).
     pub fn payload(&self) -> &[u8] {
-        self.reader.cursors[self.shard].payload(&self.head)
+        if self.copied { &self.reader.copy } else { self.reader.cursors[self.shard].payload(&self.head) }
     }
 
     pub fn kind(&self) -> u16 {
@@ -493,13 +554,15 @@ impl Sample<'_> {
         self.head.lost
     }
 
-    /// Whether the payload is still intact. Always true for gated readers;
-    /// a lossy reader should call it after using the payload and discard
-    /// what it derived if it returns false.
+    /// Whether the payload is still intact. Always true for a lossy
+    /// reader's copy (validated before delivery, and private); for a gated
+    /// reader, true while its slot still gates the producer (it stops if
+    /// the reader was judged dead and its slot reaped).
     pub fn is_valid(&self) -> bool {
         let reader = &*self.reader;
         let cursor = &reader.cursors[self.shard];
         match reader.slot {
+            _ if self.copied => true,
             // Gated until our slot is reaped (only if we were judged dead).
             Some(slot) if cursor.gated => reader.map.slots.is_gated(slot),
             _ => cursor.still_valid(&self.head),

@@ -20,15 +20,19 @@
 //!
 //! - `write_pos`: every record below it is committed. The writer makes a
 //!   batch of records visible with one `Release` store (**sync point P**);
-//!   readers `Acquire`-load it before touching any record below it.
+//!   readers load it (Relaxed, then an `Acquire` fence) before touching any
+//!   record below it.
 //! - `tail_pos`: the oldest position a lossy reader may still read. Before
 //!   overwriting the bytes of an earlier lap the writer moves the tail past
 //!   them and then issues a `Release` fence (**sync point T**). A lossy
-//!   reader copies nothing: it reads the record header (and the caller reads
-//!   the payload in place), then issues an `Acquire` fence and loads the tail
-//!   (**sync point V**). If any byte it read came from a newer lap, fence T
-//!   synchronises with fence V and the tail it loads is past the record: the
-//!   view is reported invalid (a seqlock, with the tail as the sequence).
+//!   reader reads the record header and copies the payload out, every word
+//!   with a Relaxed atomic load, then issues an `Acquire` fence and loads
+//!   the tail (**sync point V**). If any byte it read came from a newer lap,
+//!   fence T synchronises with fence V and the tail it loads is past the
+//!   record: the copy is discarded (a seqlock, with the tail as the
+//!   sequence). Only atomic loads touch bytes a writer may be overwriting,
+//!   so there is no data race in Rust's memory model; gated readers, whose
+//!   bytes nobody writes, get them in place.
 //!
 //! Gated (lossless) readers publish, per shard, the position below which
 //! they are done (a `Release` store, **sync point G**). Before the writer
@@ -70,9 +74,13 @@
 //! Every word that two parties may access at the same time (the positions, the
 //! counters, the record headers, the reader slots) is only ever accessed as an
 //! atomic, by every party (FORMAT.md states this for foreign readers). Payload
-//! bytes are plain memory: the writer only writes space that no reader may
-//! legitimately read (below the published tail and gates, above `write_pos`),
-//! and a lossy reader that raced with an overwrite is told so by sync point V.
+//! bytes are plain memory to the writer: it only writes space that no reader
+//! may legitimately read (below the published tail and gates, above
+//! `write_pos`); a lossy reader reads them only with atomic loads and learns
+//! at sync point V whether it raced with an overwrite. Loads from the
+//! read-only mapping of the `.ring` file are Relaxed (followed by an Acquire
+//! fence where they synchronise): the std docs allow only those on
+//! read-only memory.
 //! Every offset is checked against the mapping's length before it is used, so
 //! a corrupt file yields an error, never an out-of-bounds access.
 
@@ -266,19 +274,41 @@ impl Region {
         }
     }
 
-    /// Payload bytes `off..off + len`, read in place.
-    ///
-    /// For a lossy reader these bytes may be overwritten by a newer lap
-    /// while the slice is alive; callers must re-validate (sync point V)
-    /// after using them, which [`CursorCore::still_valid`] does.
+    /// Payload bytes `off..off + len`, read in place: only for a gated
+    /// reader, whose gate keeps the writer off them (see the caller,
+    /// [`CursorCore::payload`]).
     #[cfg(not(loom))]
     pub(crate) fn bytes(&self, off: usize, len: usize) -> &[u8] {
         assert!(off.checked_add(len).is_some_and(|end| end <= self.len));
         // SAFETY: in bounds (asserted); the mapping outlives the borrow of
-        // `self`. The bytes are shared with the producer process, which does
-        // not write them while a reader may legitimately read them (module
-        // docs); a lossy reader that lost that race learns it at sync point V.
+        // `self`. Nobody writes these bytes while the slice lives: the only
+        // caller hands them to a gated reader, whose published position
+        // (sync point G) is at or below them until the slice is gone, and
+        // the writer never writes space a live gated reader holds (§6.2 of
+        // FORMAT.md; it only reaps the slot of a holder judged dead).
+        // Lossy readers never get such a slice: they copy (`copy_words`).
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(self.offset + off), len) }
+    }
+
+    /// Copies bytes `off..off + len` into `dst` (replacing its contents)
+    /// with one Relaxed atomic load per 8-byte word, `off` being a multiple
+    /// of 8 and the words covering `off..off + len` lying inside the region.
+    /// The sound way to read bytes a writer may be overwriting: the result
+    /// may be torn, and the caller must validate it afterwards (sync point
+    /// V) before trusting any of it.
+    #[cfg(not(loom))]
+    pub(crate) fn copy_words(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
+        dst.clear();
+        dst.reserve(len);
+        let mut word = off;
+        while dst.len() < len {
+            // Relaxed: the whole copy is validated afterwards (sync point V,
+            // whose Acquire fence orders these loads before the tail load).
+            let bytes = self.u64_at(word).load(Ordering::Relaxed).to_le_bytes();
+            let take = (len - dst.len()).min(8);
+            dst.extend_from_slice(&bytes[..take]);
+            word += 8;
+        }
     }
 }
 
@@ -385,9 +415,13 @@ pub(crate) struct ChannelWords {
 
 impl ChannelWords {
     pub(crate) fn state(&self) -> u32 {
-        // Acquire pairs with `set_state`'s Release: a reader that sees ENDED
-        // also sees the final `write_pos` published before it.
-        self.channel.u32_at(channel_header::STATE).load(Ordering::Acquire)
+        // Relaxed + Acquire fence (an Acquire load in effect, but only
+        // Relaxed loads are blessed on a read-only mapping): pairs with
+        // `set_state`'s Release, so a reader that sees ENDED also sees the
+        // final `write_pos` published before it.
+        let state = self.channel.u32_at(channel_header::STATE).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        state
     }
 
     /// Sets the channel state and wakes every waiter so it notices.
@@ -416,8 +450,10 @@ impl ChannelWords {
     pub(crate) fn wait(&self, timeout: Duration, mut has_data: impl FnMut() -> bool) {
         let notify = self.channel.u32_at(channel_header::NOTIFY);
         let waiters = self.readers.u32_at(readers_header::WAITERS);
-        // Acquire pairs with the Release bump in `wake`.
-        let seen = notify.load(Ordering::Acquire);
+        // Relaxed + Acquire fence (as in `state`): pairs with the Release
+        // bump in `wake`.
+        let seen = notify.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if !has_data() {
@@ -1636,11 +1672,25 @@ impl CursorCore {
         self.delivered_any = true;
     }
 
-    /// The payload of `head`, in place.
+    /// The payload of `head`, in place: for gated cursors only (the gate
+    /// keeps the writer off it). Lossy cursors use `copy_payload`.
     #[cfg(not(loom))]
     pub(crate) fn payload(&self, head: &Head) -> &[u8] {
+        debug_assert!(self.gated, "a lossy reader must copy the payload out");
         let off = (head.pos & self.shard.mask()) + RECORD_HEADER;
         self.shard.data.bytes(off as usize, head.len as usize)
+    }
+
+    /// Copies the payload of `head` into `dst` with Relaxed atomic loads,
+    /// then validates the copy (sync point V). `false`: the writer lapped
+    /// us while we copied, and `dst` holds garbage. `head.len` was checked
+    /// by `peek` against the room to the end of the ring (and the largest
+    /// payload), so the words copied lie inside this record.
+    #[cfg(not(loom))]
+    pub(crate) fn copy_payload(&self, head: &Head, dst: &mut Vec<u8>) -> bool {
+        let off = (head.pos & self.shard.mask()) + RECORD_HEADER;
+        self.shard.data.copy_words(off as usize, head.len as usize, dst);
+        self.still_valid(head)
     }
 
     /// Under loom the payload is modelled as 8-byte words.
