@@ -20,30 +20,79 @@ use crate::layout::{
     readers_header as rh,
 };
 use crate::liveness;
-use crate::ring::{Arc, ChannelWords, Mapping, Region, ShardMem, Slots, set_channel_state};
+use crate::ring::{Arc, ChannelWords, Mapping, Region, ShardMem, Slots, effective_uid, set_channel_state};
 
 /// The environment variable that overrides the default bus directory.
 pub const BUS_ENV: &str = "RINGEST_BUS";
 /// Where channels live unless told otherwise.
 pub const DEFAULT_BUS_DIR: &str = "/dev/shm/ringest";
 
+/// The environment variable listing the other owners whose channel files
+/// readers trust (see [`BusDir::trust_uid`]): comma-separated uids, and
+/// gids prefixed with `g:` (`1001,g:1002`).
+pub const TRUST_ENV: &str = "RINGEST_BUS_TRUST";
+
 /// A bus directory: the namespace that channels live in.
+///
+/// **Trust.** A producer creates channels only in directories that no other
+/// user can change: each directory from the bus directory down to the
+/// channel's is checked with `lstat` (not a symbolic link; owned by this
+/// user, or by root with the sticky bit; not writable by its group or by
+/// others unless sticky or the channel's `mode` grants that class write
+/// access), and created with mode 0755 when missing. Channel files are never
+/// opened through a symbolic link (`O_NOFOLLOW`). A reader attaches only to
+/// files owned by this user or root, or by a uid or gid trusted with
+/// [`BusDir::trust_uid`] / [`BusDir::trust_gid`] (or [`TRUST_ENV`]): the
+/// group-read case, where the producer runs as another user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BusDir {
     path: PathBuf,
+    trusted_uids: Vec<u32>,
+    trusted_gids: Vec<u32>,
 }
 
 impl BusDir {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self { path: path.into(), trusted_uids: Vec::new(), trusted_gids: Vec::new() }
     }
 
-    /// `$RINGEST_BUS`, or `/dev/shm/ringest`.
+    /// `$RINGEST_BUS`, or `/dev/shm/ringest`, trusting the owners listed in
+    /// `$RINGEST_BUS_TRUST` (entries that do not parse are ignored).
     pub fn from_env() -> Self {
-        match std::env::var_os(BUS_ENV) {
+        let mut bus = match std::env::var_os(BUS_ENV) {
             Some(dir) if !dir.is_empty() => Self::new(dir),
             _ => Self::new(DEFAULT_BUS_DIR),
+        };
+        if let Ok(list) = std::env::var(TRUST_ENV) {
+            for entry in list.split(',').map(str::trim) {
+                match entry.strip_prefix("g:") {
+                    Some(gid) => bus.trusted_gids.extend(gid.parse::<u32>().ok()),
+                    None => bus.trusted_uids.extend(entry.parse::<u32>().ok()),
+                }
+            }
         }
+        bus
+    }
+
+    /// Also trusts channel files owned by `uid` (by default only this
+    /// process's effective uid and root are trusted).
+    pub fn trust_uid(mut self, uid: u32) -> Self {
+        self.trusted_uids.push(uid);
+        self
+    }
+
+    /// Also trusts channel files whose group is `gid`.
+    pub fn trust_gid(mut self, gid: u32) -> Self {
+        self.trusted_gids.push(gid);
+        self
+    }
+
+    /// Whether a reader may trust a file with this owner and group.
+    fn trusts(&self, uid: u32, gid: u32) -> bool {
+        uid == effective_uid()
+            || uid == 0
+            || self.trusted_uids.contains(&uid)
+            || self.trusted_gids.contains(&gid)
     }
 
     pub fn path(&self) -> &Path {
@@ -307,6 +356,7 @@ fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), C
             .write(true)
             .create_new(true)
             .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(create_io("create", &tmp))?;
         // The umask may have masked bits off: set exactly what was asked.
@@ -325,8 +375,10 @@ fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), C
 /// Looks at an existing channel file before replacing it. Fails when a live
 /// producer owns it; marks it REPLACED (waking its readers) when not.
 fn retire_old(name: &str, path: &Path) -> Result<(), CreateError> {
-    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
-        return Ok(()); // absent (or unreadable: the rename replaces it anyway)
+    // Never through a symbolic link: one planted here would get another
+    // channel's file marked REPLACED. The rename replaces the link itself.
+    let Ok(file) = OpenOptions::new().read(true).write(true).custom_flags(NO_FOLLOW).open(path) else {
+        return Ok(()); // absent, a link, or unreadable: the rename replaces it anyway
     };
     let Ok((geometry, _)) = read_geometry(&file, path) else {
         return Ok(()); // corrupt or foreign: nothing can be attached to it
@@ -362,9 +414,7 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
     opts.validate().map_err(|reason| CreateError::InvalidOptions { name: name.to_owned(), reason })?;
     let ring_path = bus.ring_path(name);
     let readers_path = bus.readers_path(name);
-    if let Some(dir) = ring_path.parent() {
-        std::fs::create_dir_all(dir).map_err(create_io("create directory", dir))?;
-    }
+    prepare_directories(bus, name, opts.mode)?;
     retire_old(name, &ring_path)?;
 
     let me = liveness::own_identity();
@@ -406,7 +456,7 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
 
     // Map what we just renamed into place. A racing producer of the same
     // name would show up as a different generation here.
-    let map = attach_files(name, &ring_path, &readers_path, true).map_err(|e| CreateError::Io {
+    let map = attach_files(bus, name, &ring_path, &readers_path, true).map_err(|e| CreateError::Io {
         op: "map new channel",
         path: ring_path.clone(),
         source: io::Error::other(e.to_string()),
@@ -547,30 +597,37 @@ enum Attempt {
 }
 
 fn attach_once(
+    bus: &BusDir,
     name: &str,
     ring_path: &Path,
     readers_path: &Path,
     producer: bool,
 ) -> Result<Attempt, AttachError> {
-    let ring_file = match File::open(ring_path) {
+    let ring_file = match OpenOptions::new().read(true).custom_flags(NO_FOLLOW).open(ring_path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(AttachError::NotFound { name: name.to_owned(), path: ring_path.to_owned() });
         }
-        Err(e) => return Err(AttachError::Io { op: "open", path: ring_path.to_owned(), source: e }),
+        Err(e) => return Err(open_error("open", ring_path, e)),
     };
+    let ring_owner = check_owner(bus, &ring_file, ring_path)?;
     let (geometry, _) = read_geometry(&ring_file, ring_path)?;
-    let readers_file = match OpenOptions::new().read(true).write(true).open(readers_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
-        Err(e) => {
-            return Err(AttachError::Io {
-                op: "open for writing (readers register there)",
-                path: readers_path.to_owned(),
-                source: e,
-            });
-        }
-    };
+    let readers_file =
+        match OpenOptions::new().read(true).write(true).custom_flags(NO_FOLLOW).open(readers_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
+            Err(e) => return Err(open_error("open for writing (readers register there)", readers_path, e)),
+        };
+    // The pair comes from one producer: a `.readers` file of another owner
+    // is forged (or a replacement is under way, which the owner check of
+    // the next attempt settles).
+    let readers_owner = check_owner(bus, &readers_file, readers_path)?;
+    if readers_owner.0 != ring_owner.0 {
+        return Err(AttachError::Untrusted {
+            path: readers_path.to_owned(),
+            reason: format!("owned by uid {}, but its .ring by uid {}", readers_owner.0, ring_owner.0),
+        });
+    }
     if check_readers_header(&readers_file, readers_path, &geometry)? != geometry.generation {
         return Ok(Attempt::Mismatch);
     }
@@ -580,8 +637,9 @@ fn attach_once(
         let f = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(NO_FOLLOW)
             .open(ring_path)
-            .map_err(attach_io("open", ring_path))?;
+            .map_err(|e| open_error("open", ring_path, e))?;
         Mapping::map(&f, true)
     } else {
         Mapping::map(&ring_file, false)
@@ -605,6 +663,7 @@ fn attach_once(
 }
 
 fn attach_files(
+    bus: &BusDir,
     name: &str,
     ring_path: &Path,
     readers_path: &Path,
@@ -614,7 +673,7 @@ fn attach_files(
     // other; give it a moment to finish.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match attach_once(name, ring_path, readers_path, producer)? {
+        match attach_once(bus, name, ring_path, readers_path, producer)? {
             Attempt::Done(map) => return Ok(*map),
             Attempt::Mismatch if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
             Attempt::Mismatch => return Err(AttachError::NotSettled { name: name.to_owned() }),
@@ -625,7 +684,105 @@ fn attach_files(
 /// Maps an existing channel for reading.
 pub(crate) fn attach(bus: &BusDir, name: &str) -> Result<ChannelMap, AttachError> {
     validate_name(name).map_err(|reason| AttachError::InvalidName { name: name.to_owned(), reason })?;
-    attach_files(name, &bus.ring_path(name), &bus.readers_path(name), false)
+    attach_files(bus, name, &bus.ring_path(name), &bus.readers_path(name), false)
+}
+
+/// Channel files are never opened through a symbolic link (std adds
+/// `O_CLOEXEC` to every open).
+const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// An open error, naming a symbolic link as what it is.
+fn open_error(op: &'static str, path: &Path, e: io::Error) -> AttachError {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return AttachError::Untrusted {
+            path: path.to_owned(),
+            reason: "it is a symbolic link (channel files are never opened through one)".into(),
+        };
+    }
+    AttachError::Io { op, path: path.to_owned(), source: e }
+}
+
+/// Checks that an open channel file is a regular file whose owner the bus
+/// trusts; returns its (uid, gid).
+fn check_owner(bus: &BusDir, file: &File, path: &Path) -> Result<(u32, u32), AttachError> {
+    let meta = file.metadata().map_err(attach_io("stat", path))?;
+    let untrusted = |reason: String| AttachError::Untrusted { path: path.to_owned(), reason };
+    if !meta.file_type().is_file() {
+        return Err(untrusted("not a regular file".into()));
+    }
+    if !bus.trusts(meta.uid(), meta.gid()) {
+        return Err(untrusted(format!(
+            "owned by uid {} (gid {}), which this reader does not trust (only uid {} and root, \
+             and what BusDir::trust_uid / trust_gid or ${TRUST_ENV} add)",
+            meta.uid(),
+            meta.gid(),
+            effective_uid()
+        )));
+    }
+    Ok((meta.uid(), meta.gid()))
+}
+
+/// Creates the directories a channel's files go in, as needed, and checks
+/// each one from the bus directory down (see [`BusDir`], "Trust").
+fn prepare_directories(bus: &BusDir, name: &str, mode: u32) -> Result<(), CreateError> {
+    let root = bus.path();
+    if let Some(parent) = root.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        // Above the bus directory nothing is checked: that is the system's.
+        std::fs::create_dir_all(parent).map_err(create_io("create directory", parent))?;
+    }
+    let mut dir = root.to_owned();
+    make_trusted_dir(&dir, mode)?;
+    let components: Vec<&str> = name.split('/').collect();
+    for part in &components[..components.len() - 1] {
+        dir.push(part);
+        make_trusted_dir(&dir, mode)?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (mode 0755, less the umask) unless it exists, then checks
+/// it with `lstat`.
+fn make_trusted_dir(dir: &Path, mode: u32) -> Result<(), CreateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CreateError::Io { op: "create directory", path: dir.to_owned(), source: e }),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(create_io("lstat", dir))?;
+    check_dir(&meta, mode).map_err(|reason| CreateError::UntrustedDirectory { path: dir.to_owned(), reason })
+}
+
+/// Whether a directory keeps other users from swapping or planting files:
+/// the rules of [`BusDir`] ("Trust"). `mode` is the channel's file mode.
+fn check_dir(meta: &std::fs::Metadata, mode: u32) -> Result<(), String> {
+    if meta.file_type().is_symlink() {
+        return Err("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    let me = effective_uid();
+    let bits = meta.mode();
+    let sticky = bits & 0o1000 != 0;
+    if meta.uid() != me && !(meta.uid() == 0 && sticky) {
+        return Err(format!(
+            "it is owned by uid {}, not by this user (uid {me}) nor by root with the sticky bit",
+            meta.uid()
+        ));
+    }
+    for (class, write) in [("its group", 0o020), ("other users", 0o002)] {
+        if bits & write != 0 && !sticky && mode & write == 0 {
+            return Err(format!(
+                "it is writable by {class} (mode {:o}) without the sticky bit, and the channel mode {mode:o} \
+                 does not grant them write access",
+                bits & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

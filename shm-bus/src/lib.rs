@@ -38,7 +38,8 @@ mod ring;
 
 #[cfg(not(loom))]
 pub use channel::{
-    BUS_ENV, BusDir, ChannelOptions, ChannelState, DEFAULT_BUS_DIR, DEFAULT_HOT_WINDOW, validate_name,
+    BUS_ENV, BusDir, ChannelOptions, ChannelState, DEFAULT_BUS_DIR, DEFAULT_HOT_WINDOW, TRUST_ENV,
+    validate_name,
 };
 #[cfg(not(loom))]
 pub use error::{AttachError, CreateError, RecvError, ReserveError};
