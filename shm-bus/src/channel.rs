@@ -547,7 +547,10 @@ fn read_geometry(file: &File, path: &Path) -> Result<(Geometry, u64), AttachErro
 }
 
 /// Reads and validates the readers header against the channel's geometry.
-fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, AttachError> {
+/// `Ok(false)`: the file belongs to another producer generation (checked
+/// before the geometry: during a restart the new `.readers` may sit next
+/// to the old `.ring`, with another shard count): retry.
+fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<bool, AttachError> {
     let size = file.metadata().map_err(attach_io("stat", path))?.len();
     if size < READERS_HEADER_SIZE {
         return Err(AttachError::Truncated {
@@ -571,6 +574,9 @@ fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, A
             expected: FORMAT_VERSION,
         });
     }
+    if u64_at(&h, rh::GENERATION) != g.generation {
+        return Ok(false);
+    }
     let corrupt = |what: String| AttachError::Corrupt { path: path.to_owned(), what };
     if u32_at(&h, rh::HEADER_SIZE) as u64 != READERS_HEADER_SIZE
         || u32_at(&h, rh::SLOT_COUNT) != g.reader_slots
@@ -586,7 +592,7 @@ fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, A
     if size > expected {
         return Err(corrupt(format!("file is {size} bytes, its header says {expected}")));
     }
-    Ok(u64_at(&h, rh::GENERATION))
+    Ok(true)
 }
 
 /// Outcome of one attach attempt.
@@ -628,7 +634,7 @@ fn attach_once(
             reason: format!("owned by uid {}, but its .ring by uid {}", readers_owner.0, ring_owner.0),
         });
     }
-    if check_readers_header(&readers_file, readers_path, &geometry)? != geometry.generation {
+    if !check_readers_header(&readers_file, readers_path, &geometry)? {
         return Ok(Attempt::Mismatch);
     }
     let meta = ring_file.metadata().map_err(attach_io("stat", ring_path))?;
