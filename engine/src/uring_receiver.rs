@@ -148,6 +148,19 @@ impl std::fmt::Debug for UringReceiver {
     }
 }
 
+/// The receive slot size and the number of slots the kernel gets (the
+/// buffer ring's entries) for a packet ring of `capacity` bytes.
+pub(crate) fn window(capacity: u64, slot_size: u64) -> (u64, u64) {
+    // Small rings get small slots, so that the window holds a few groups'
+    // worth of them.
+    let slot = slot_size.min(capacity / 64).max(MIN_SLOT);
+    // An eighth of the ring: enough buffers for bursts over many
+    // connections, and the other seven eighths stay history for lossy and
+    // late readers (a quarter let a lossy reader be lapped in the ingest
+    // benchmark at 4-5 GB/s).
+    (slot, (capacity / 8 / slot).clamp(4, 1 << 15))
+}
+
 impl UringReceiver {
     /// Sets up the ring over `writer`'s shard, with slots of
     /// `slot_size` bytes (at most 1/64 of the ring, at least 4 KiB). Fails if the
@@ -161,14 +174,7 @@ impl UringReceiver {
         group_timeout_us: u64,
     ) -> Result<Self, (ShardWriter, io::Error)> {
         let capacity = writer.ring_capacity() as u64;
-        // Small rings get small slots, so that the window holds a few
-        // groups' worth of them.
-        let slot = slot_size.min(capacity / 64).max(MIN_SLOT);
-        // An eighth of the ring: enough buffers for bursts over many
-        // connections, and the other seven eighths stay history for lossy
-        // and late readers (a quarter let a lossy reader be lapped in the
-        // ingest benchmark at 4-5 GB/s).
-        let entries = (capacity / 8 / slot).clamp(4, 1 << 15);
+        let (slot, entries) = window(capacity, slot_size);
         if writer.next_record_pos() % slot != 0 {
             return Err((writer, io::Error::other("the shard does not start at a slot boundary")));
         }

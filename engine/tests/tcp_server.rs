@@ -21,3 +21,44 @@ mod glommio_read {
     const RECEIVE_PATH: engine::config::ReceivePathChoice = engine::config::ReceivePathChoice::GlommioRead;
     mod tcp_server;
 }
+
+/// The largest receive window (32768 buffers: a 1 GiB packet ring with
+/// 4 KiB slots, as a 4 GiB ring with 16 KiB slots) needs a completion
+/// queue the kernel accepts: with `receive_path = "io_uring"` the stage
+/// runs that path (the stats say so) instead of silently falling back to
+/// the read path. The ring file is sparse: only what is received is backed.
+#[test]
+fn the_largest_receive_window_runs_on_io_uring() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use engine::config::{ReceivePathChoice, TcpServerConfig};
+    use engine::records::ReceivePath;
+
+    let t = common::bus();
+    let config = TcpServerConfig {
+        receive_path: ReceivePathChoice::IoUring,
+        ring_size_b: 1 << 30,
+        receive_slot_size_b: 4096,
+        ..common::server_config("wide")
+    };
+    let (engine, addr) = common::start(&t.bus, config);
+    let mut stats_reader =
+        shm_bus::Reader::attach(&t.bus, "wide/socket_stats", shm_bus::ReaderOptions::lossy()).unwrap();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client.write_all(&[7u8; 5000]).unwrap();
+    let deadline = Instant::now() + common::DEADLINE;
+    let stats = loop {
+        assert!(Instant::now() < deadline, "no stats with the traffic");
+        if let Some(shm_bus::Event::Record(s)) =
+            stats_reader.recv_timeout(Duration::from_millis(200)).unwrap()
+        {
+            let stats: engine::records::SocketStats = engine::records::decode(s.payload()).unwrap();
+            if stats.stage.traffic.bytes_received >= 5000 {
+                break stats;
+            }
+        }
+    };
+    assert_eq!(stats.receive_path, ReceivePath::IoUringMultishot, "the stage fell back to the read path");
+    engine.stop().unwrap();
+}
