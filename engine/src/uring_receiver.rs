@@ -125,6 +125,8 @@ struct State {
     /// One past the highest slot the kernel reported filled.
     consumed_end: u64,
     open_packets: u32,
+    /// Data bytes of the packets of the open group.
+    open_payload: u64,
     opened: Instant,
     /// Most packets per group: `group_size`, and at most half the window so
     /// that an open group never holds every buffer.
@@ -193,6 +195,7 @@ impl UringReceiver {
             walked: first,
             consumed_end: first,
             open_packets: 0,
+            open_payload: 0,
             opened: Instant::now(),
             max_packets: group_size.min((entries / 2) as u32).max(1),
             flush_each_pass: group_timeout_us == 0,
@@ -487,6 +490,7 @@ impl State {
                         self.opened = Instant::now();
                     }
                     self.open_packets += 1;
+                    self.open_payload += u64::from(len);
                 }
             }
             self.slots[index] = Slot::Waiting;
@@ -515,7 +519,15 @@ impl State {
         let first = start / self.slot;
         self.shard.header_mut(first, RECORD_HEADER, GROUP_HEADER_LEN).copy_from_slice(&group);
         let record_len = u64::from(self.open_packets) * self.slot - RECORD_HEADER;
-        self.shard.commit_claimed(record_len as usize, records::KIND_PACKET_GROUP, shm_bus::realtime_ns());
+        // The shard header counts the packets' data as payload, not the
+        // slots they leave unfilled (`ringest ls` shows both).
+        let payload = std::mem::take(&mut self.open_payload);
+        self.shard.commit_claimed(
+            record_len as usize,
+            records::KIND_PACKET_GROUP,
+            shm_bus::realtime_ns(),
+            payload,
+        );
         self.open_packets = 0;
         self.counters.groups += 1;
     }

@@ -109,6 +109,9 @@ pub mod shard_header {
     pub const START_OVER_COUNT: usize = 168;
     /// Skips ahead into the inside of an earlier start-over's padding.
     pub const SKIP_AHEAD_COUNT: usize = 176;
+    /// Of `BYTES_WRITTEN`, the bytes the producer counts as payload (0 from
+    /// producers older than this field).
+    pub const PAYLOAD_BYTES: usize = 184;
     pub const END: usize = 192;
 }
 

@@ -731,6 +731,7 @@ pub(crate) struct ShardCounters {
     pub(crate) tail_pos: u64,
     pub(crate) records_written: u64,
     pub(crate) bytes_written: u64,
+    pub(crate) payload_bytes: u64,
     pub(crate) full_count: u64,
     pub(crate) publish_count: u64,
     pub(crate) start_over_count: u64,
@@ -831,6 +832,7 @@ impl ShardMem {
             tail_pos: self.header.u64_at(shard_header::TAIL_POS).load(r),
             records_written: self.header.u64_at(shard_header::RECORDS_WRITTEN).load(r),
             bytes_written: self.header.u64_at(shard_header::BYTES_WRITTEN).load(r),
+            payload_bytes: self.header.u64_at(shard_header::PAYLOAD_BYTES).load(r),
             full_count: self.header.u64_at(shard_header::FULL_COUNT).load(r),
             publish_count: self.header.u64_at(shard_header::PUBLISH_COUNT).load(r),
             start_over_count: self.header.u64_at(shard_header::START_OVER_COUNT).load(r),
@@ -898,6 +900,9 @@ pub(crate) struct WriterCore {
     seen_registrations: u64,
     next_seq: u64,
     bytes_committed: u64,
+    /// Of those, the bytes the producer counts as payload (all of a
+    /// record's bytes unless it said otherwise: `count_payload`).
+    payload_committed: u64,
     last_record_pos: u64,
     /// How far ahead of need the tail moves at once, so the SeqCst fence
     /// of the handshake is paid once per chunk, not once per record.
@@ -959,6 +964,7 @@ impl WriterCore {
             seen_registrations: u64::MAX,
             next_seq: 0,
             bytes_committed: 0,
+            payload_committed: 0,
             last_record_pos: u64::MAX,
             reclaim_chunk,
             is_dead,
@@ -1133,6 +1139,7 @@ impl WriterCore {
         self.pending = reserved.pos + record_size(len);
         self.next_seq += 1;
         self.bytes_committed += len;
+        self.payload_committed += len;
         self.last_record_pos = reserved.pos;
         seq
     }
@@ -1148,6 +1155,7 @@ impl WriterCore {
         let r = Ordering::Relaxed;
         h.u64_at(shard_header::RECORDS_WRITTEN).store(self.next_seq, r);
         h.u64_at(shard_header::BYTES_WRITTEN).store(self.bytes_committed, r);
+        h.u64_at(shard_header::PAYLOAD_BYTES).store(self.payload_committed, r);
         h.u64_at(shard_header::LAST_RECORD_POS).store(self.last_record_pos, r);
         let publishes = h.u64_at(shard_header::PUBLISH_COUNT);
         // Wrapping: a statistic, not worth a panic if the file was damaged.
@@ -1191,6 +1199,19 @@ impl WriterCore {
     /// If the record would end beyond the claimed space or cross the end of
     /// the ring.
     pub(crate) fn commit_in_place(&mut self, len: u64, kind: u16, timestamp_ns: u64) -> u64 {
+        self.commit_in_place_counting(len, kind, timestamp_ns, len)
+    }
+
+    /// As [`WriterCore::commit_in_place`], counting `payload` of the
+    /// record's `len` bytes as payload (the rest is the producer's own
+    /// framing or unused room, such as the tail of a receive slot).
+    pub(crate) fn commit_in_place_counting(
+        &mut self,
+        len: u64,
+        kind: u16,
+        timestamp_ns: u64,
+        payload: u64,
+    ) -> u64 {
         let pos = self.pending;
         let size = record_size(len);
         assert!(
@@ -1202,7 +1223,9 @@ impl WriterCore {
             self.pending = pos + size;
             return self.next_seq;
         }
-        self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns)
+        let seq = self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns);
+        self.payload_committed = self.payload_committed - len + payload.min(len);
+        seq
     }
 
     /// The bytes at ring positions `pos..pos + len` (absolute) of the space

@@ -436,8 +436,15 @@ impl ShardSlots {
     }
 
     /// Commits the record at the next record position (its slots filled).
-    pub(crate) fn commit_claimed(&mut self, len: usize, kind: u16, timestamp_ns: u64) -> u64 {
-        self.writer.commit_claimed(len, kind, timestamp_ns)
+    /// `payload_bytes`: the data of its packets, for introspection.
+    pub(crate) fn commit_claimed(
+        &mut self,
+        len: usize,
+        kind: u16,
+        timestamp_ns: u64,
+        payload_bytes: u64,
+    ) -> u64 {
+        self.writer.commit_claimed_counting(len, kind, timestamp_ns, payload_bytes)
     }
 
     pub(crate) fn commit_claimed_padding(&mut self, len: usize) {
