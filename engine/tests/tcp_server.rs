@@ -92,3 +92,46 @@ fn packet_groups_count_their_data_as_payload() {
     assert!(info.bytes_written() > info.payload_bytes(), "{} ring bytes", info.bytes_written());
     engine.stop().unwrap();
 }
+
+/// Any process may publish `<stage>/egress_packets`, so its files are not
+/// to be trusted: a `write_pos` that is not a record boundary used to panic
+/// the egress thread as soon as a record followed (egress then stopped for
+/// good). Now the thread reports the corrupt channel, retries, and carries
+/// on with what follows.
+#[test]
+fn a_corrupt_egress_channel_does_not_stop_egress() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+
+    let t = common::bus();
+    let (engine, addr) = common::start(&t.bus, common::server_config("badegress"));
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let name = "badegress/egress_packets";
+    let producer = shm_bus::Producer::create(&t.bus, name, shm_bus::ChannelOptions::default()).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let shard_header = shm_bus::layout::PAGE + shm_bus::layout::shard_header::WRITE_POS as u64;
+    let file = std::fs::OpenOptions::new().write(true).open(t.bus.ring_path(name)).unwrap();
+    file.write_all_at(&44u64.to_le_bytes(), shard_header).unwrap();
+    // The egress thread retries attaching every 200 ms: let it meet the
+    // misaligned position, then publish over it.
+    std::thread::sleep(Duration::from_millis(600));
+    let send = |writer: &mut shm_bus::ShardWriter, bytes: &[u8]| {
+        let record = engine::records::encode_egress(&engine::records::EgressHeader { target: None }, bytes);
+        writer.send(engine::records::KIND_EGRESS, &record).unwrap();
+    };
+    send(&mut writer, b"first");
+    common::wait_for_egress_reader(&t.bus, name);
+    send(&mut writer, b"second");
+    // "first" arrives too if the thread attached before the damage.
+    client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"second") {
+        let mut buf = [0u8; 64];
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == b"second" || got == b"firstsecond", "{got:?}");
+    engine.stop().unwrap();
+}
