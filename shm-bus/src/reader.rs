@@ -1,5 +1,6 @@
 //! The reader side: a [`Reader`] sees all shards of a channel as one stream
-//! and hands out zero-copy [`Sample`]s.
+//! and hands out [`Sample`]s: zero-copy for gated readers, a copy validated
+//! against the writer's tail for lossy ones.
 //!
 //! ```no_run
 //! # use std::time::Duration;

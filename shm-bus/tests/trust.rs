@@ -202,3 +202,32 @@ fn files_of_an_untrusted_owner_are_refused() {
     );
     assert!(reason.contains("its .ring by uid 0"), "{reason}");
 }
+
+/// The Python reader (written from FORMAT.md) makes the same owner check,
+/// and follows `RINGEST_BUS_TRUST`.
+#[test]
+fn the_python_reader_refuses_untrusted_owners_too() {
+    let other = other_user();
+    let (_dir, bus) = common::bus();
+    let producer = Producer::create(&bus, "py", options()).unwrap();
+    producer.shard(0).unwrap().send(1, b"record").unwrap();
+    chown(&bus.ring_path("py"), other);
+    chown(&bus.readers_path("py"), other);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/shm_bus_reader.py");
+    let run = |trust: Option<String>| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg("--bus").arg(bus.path()).arg("py").env_remove(shm_bus::TRUST_ENV);
+        if let Some(trust) = trust {
+            cmd.env(shm_bus::TRUST_ENV, trust);
+        }
+        cmd.output().unwrap_or_else(|e| panic!("python3 (3.11+) is needed: {e}"))
+    };
+    let refused = run(None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not trusted") && stderr.contains(&format!("uid {}", other.0)), "{stderr}");
+    let trusted = run(Some(format!("12345,{}", other.0)));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    let trusted = run(Some(format!("g:{}", other.1)));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+}
