@@ -57,21 +57,27 @@ impl BusDir {
     }
 
     /// `$RINGEST_BUS`, or `/dev/shm/ringest`, trusting the owners listed in
-    /// `$RINGEST_BUS_TRUST` (entries that do not parse are ignored).
+    /// `$RINGEST_BUS_TRUST`.
     pub fn from_env() -> Self {
-        let mut bus = match std::env::var_os(BUS_ENV) {
+        match std::env::var_os(BUS_ENV) {
             Some(dir) if !dir.is_empty() => Self::new(dir),
             _ => Self::new(DEFAULT_BUS_DIR),
-        };
+        }
+        .trust_from_env()
+    }
+
+    /// Also trusts the owners listed in `$RINGEST_BUS_TRUST` (see
+    /// [`TRUST_ENV`]; entries that do not parse are ignored).
+    pub fn trust_from_env(mut self) -> Self {
         if let Ok(list) = std::env::var(TRUST_ENV) {
             for entry in list.split(',').map(str::trim) {
                 match entry.strip_prefix("g:") {
-                    Some(gid) => bus.trusted_gids.extend(gid.parse::<u32>().ok()),
-                    None => bus.trusted_uids.extend(entry.parse::<u32>().ok()),
+                    Some(gid) => self.trusted_gids.extend(gid.parse::<u32>().ok()),
+                    None => self.trusted_uids.extend(entry.parse::<u32>().ok()),
                 }
             }
         }
-        bus
+        self
     }
 
     /// Also trusts channel files owned by `uid` (by default only this

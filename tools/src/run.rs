@@ -41,7 +41,9 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         None => EngineConfig::default(),
     };
     // `--bus`, then the file's [bus] dir, then $RINGEST_BUS or the default.
-    let bus = bus_flag.or(config.bus.dir.as_deref()).map_or_else(BusDir::from_env, BusDir::new);
+    let bus = bus_flag
+        .or(config.bus.dir.as_deref())
+        .map_or_else(BusDir::from_env, |dir| BusDir::new(dir).trust_from_env());
     let servers: Vec<String> = config.tcp_server.iter().map(|s| s.name.clone()).collect();
     let clients: Vec<(String, String)> =
         config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
