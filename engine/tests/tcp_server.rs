@@ -63,36 +63,6 @@ fn the_largest_receive_window_runs_on_io_uring() {
     engine.stop().unwrap();
 }
 
-/// A packet group received by io_uring fills whole receive slots: the
-/// shard header counts the packets' data as payload beside the record
-/// bytes, so that `ringest ls` can show both.
-#[test]
-fn packet_groups_count_their_data_as_payload() {
-    use std::io::Write;
-    use std::time::{Duration, Instant};
-
-    use engine::config::{ReceivePathChoice, TcpServerConfig};
-
-    let t = common::bus();
-    let config =
-        TcpServerConfig { receive_path: ReceivePathChoice::IoUring, ..common::server_config("payload") };
-    let (engine, addr) = common::start(&t.bus, config);
-    let mut client = std::net::TcpStream::connect(addr).unwrap();
-    client.write_all(&[7u8; 5000]).unwrap();
-    let deadline = Instant::now() + common::DEADLINE;
-    let info = loop {
-        let info = shm_bus::channel_info(&t.bus, "payload/packet_group").unwrap();
-        if info.payload_bytes() >= 5000 {
-            break info;
-        }
-        assert!(Instant::now() < deadline, "payload bytes: {}", info.payload_bytes());
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(info.payload_bytes(), 5000);
-    assert!(info.bytes_written() > info.payload_bytes(), "{} ring bytes", info.bytes_written());
-    engine.stop().unwrap();
-}
-
 /// Any process may publish `<stage>/egress_packets`, so its files are not
 /// to be trusted: a `write_pos` that is not a record boundary used to panic
 /// the egress thread as soon as a record followed (egress then stopped for

@@ -323,6 +323,13 @@ impl ShardWriter {
         self.core.commit_in_place_counting(len as u64, kind, timestamp_ns, payload_bytes)
     }
 
+    /// Counts `bytes` of the records committed so far as framing rather
+    /// than payload in the shard header's payload counter (introspection
+    /// only; published with the next [`ShardWriter::publish`]).
+    pub fn count_as_framing(&mut self, bytes: u64) {
+        self.core.count_as_framing(bytes);
+    }
+
     /// Fills claimed space from [`ShardWriter::next_record_pos`] with a
     /// padding record of `len` payload bytes, which readers skip.
     ///

@@ -1144,6 +1144,11 @@ impl WriterCore {
         seq
     }
 
+    /// Counts `bytes` already committed as framing, not payload.
+    pub(crate) fn count_as_framing(&mut self, bytes: u64) {
+        self.payload_committed = self.payload_committed.saturating_sub(bytes);
+    }
+
     /// Makes every committed record visible with one Release store (sync
     /// point P), then wakes sleeping readers if there are any.
     pub(crate) fn publish(&mut self) {
