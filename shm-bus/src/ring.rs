@@ -768,17 +768,12 @@ impl ShardMem {
     }
 
     /// The tail, for choosing a start position or resuming after a lap,
-    /// checked: a record boundary (a multiple of 8) at or below `write_pos`.
+    /// checked to be a record boundary (a multiple of 8). That it is not
+    /// beyond `write_pos` the cursor checks with its next `write_pos` load
+    /// (`CursorCore::fetch_data`).
     pub(crate) fn tail_pos(&self) -> Result<u64, Corrupt> {
         let tail = self.load_tail();
         check_position("tail_pos", tail)?;
-        let write_pos = self.checked_write_pos(tail)?;
-        if tail > write_pos {
-            return Err(Corrupt {
-                pos: tail,
-                what: format!("tail_pos {tail} is beyond write_pos {write_pos}"),
-            });
-        }
         Ok(tail)
     }
 
@@ -1591,7 +1586,7 @@ impl CursorCore {
         if self.pos > write_pos {
             return Err(Corrupt {
                 pos: self.pos,
-                what: format!("write_pos {write_pos} went back below this position"),
+                what: format!("write_pos {write_pos} is below this position (from tail_pos or a record)"),
             });
         }
         self.cached_write = write_pos;
