@@ -288,6 +288,10 @@ pub(crate) struct ChannelMap {
     pub(crate) words: ChannelWords,
     pub(crate) slots: Slots,
     pub(crate) shards: Vec<ShardMem>,
+    /// Whether `.readers` is mapped writable. A lossy reader without write
+    /// access maps it read-only and never touches it: no slot, no waiter
+    /// count (it polls instead, FORMAT.md §6.5).
+    pub(crate) readers_writable: bool,
 }
 
 impl ChannelMap {
@@ -323,7 +327,7 @@ impl ChannelMap {
             channel: ring.sub(0, PAGE as usize),
             readers: readers.sub(0, READERS_HEADER_SIZE as usize),
         };
-        Self { geometry, ring_path, ring_id, words, slots, shards }
+        Self { geometry, ring_path, ring_id, words, slots, shards, readers_writable: true }
     }
 
     pub(crate) fn state(&self) -> ChannelState {
@@ -462,10 +466,12 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
 
     // Map what we just renamed into place. A racing producer of the same
     // name would show up as a different generation here.
-    let map = attach_files(bus, name, &ring_path, &readers_path, true).map_err(|e| CreateError::Io {
-        op: "map new channel",
-        path: ring_path.clone(),
-        source: io::Error::other(e.to_string()),
+    let map = attach_files(bus, name, &ring_path, &readers_path, Access::Producer).map_err(|e| {
+        CreateError::Io {
+            op: "map new channel",
+            path: ring_path.clone(),
+            source: io::Error::other(e.to_string()),
+        }
     })?;
     if map.geometry.generation != generation {
         return Err(CreateError::Busy {
@@ -608,12 +614,23 @@ enum Attempt {
     Mismatch,
 }
 
+/// Who maps a channel, and so how its files are opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Both files read-write.
+    Producer,
+    /// `.ring` read-only, `.readers` read-write (registering, introspection).
+    Reader,
+    /// As `Reader`, or `.readers` read-only when that is all we may do.
+    LossyReader,
+}
+
 fn attach_once(
     bus: &BusDir,
     name: &str,
     ring_path: &Path,
     readers_path: &Path,
-    producer: bool,
+    access: Access,
 ) -> Result<Attempt, AttachError> {
     let ring_file = match OpenOptions::new().read(true).custom_flags(NO_FOLLOW).open(ring_path) {
         Ok(f) => f,
@@ -624,12 +641,21 @@ fn attach_once(
     };
     let ring_owner = check_owner(bus, &ring_file, ring_path)?;
     let (geometry, _) = read_geometry(&ring_file, ring_path)?;
-    let readers_file =
-        match OpenOptions::new().read(true).write(true).custom_flags(NO_FOLLOW).open(readers_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
-            Err(e) => return Err(open_error("open for writing (readers register there)", readers_path, e)),
-        };
+    let open_readers =
+        |write| OpenOptions::new().read(true).write(write).custom_flags(NO_FOLLOW).open(readers_path);
+    let (readers_file, readers_writable) = match open_readers(true) {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
+        // A lossy reader needs only read access (FORMAT.md §1).
+        Err(e) if access == Access::LossyReader && e.kind() == io::ErrorKind::PermissionDenied => {
+            match open_readers(false) {
+                Ok(f) => (f, false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
+                Err(e) => return Err(open_error("open", readers_path, e)),
+            }
+        }
+        Err(e) => return Err(open_error("open for writing (readers register there)", readers_path, e)),
+    };
     // The pair comes from one producer: a `.readers` file of another owner
     // is forged (or a replacement is under way, which the owner check of
     // the next attempt settles).
@@ -645,6 +671,7 @@ fn attach_once(
     }
     let meta = ring_file.metadata().map_err(attach_io("stat", ring_path))?;
     let ring_id = (meta.dev(), meta.ino());
+    let producer = access == Access::Producer;
     let ring_map = if producer {
         let f = OpenOptions::new()
             .read(true)
@@ -657,7 +684,8 @@ fn attach_once(
         Mapping::map(&ring_file, false)
     }
     .map_err(attach_io("map", ring_path))?;
-    let readers_map = Mapping::map(&readers_file, true).map_err(attach_io("map", readers_path))?;
+    let readers_map =
+        Mapping::map(&readers_file, readers_writable).map_err(attach_io("map", readers_path))?;
     // The sizes were checked on the same open files, and the producer never
     // resizes a file after renaming it into place.
     if ring_map.len() as u64 != layout::ring_file_size(geometry.shards, geometry.capacity) {
@@ -667,7 +695,8 @@ fn attach_once(
             actual: ring_map.len() as u64,
         });
     }
-    let map = ChannelMap::from_mappings(geometry, ring_path.to_owned(), ring_id, ring_map, readers_map);
+    let mut map = ChannelMap::from_mappings(geometry, ring_path.to_owned(), ring_id, ring_map, readers_map);
+    map.readers_writable = readers_writable;
     if !producer && map.state() == ChannelState::Replaced {
         return Ok(Attempt::Mismatch);
     }
@@ -679,13 +708,13 @@ fn attach_files(
     name: &str,
     ring_path: &Path,
     readers_path: &Path,
-    producer: bool,
+    access: Access,
 ) -> Result<ChannelMap, AttachError> {
     // A producer replacing the channel renames two files one after the
     // other; give it a moment to finish.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match attach_once(bus, name, ring_path, readers_path, producer)? {
+        match attach_once(bus, name, ring_path, readers_path, access)? {
             Attempt::Done(map) => return Ok(*map),
             Attempt::Mismatch if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
             Attempt::Mismatch => return Err(AttachError::NotSettled { name: name.to_owned() }),
@@ -693,10 +722,11 @@ fn attach_files(
     }
 }
 
-/// Maps an existing channel for reading.
-pub(crate) fn attach(bus: &BusDir, name: &str) -> Result<ChannelMap, AttachError> {
+/// Maps an existing channel for reading (`access`: `Reader` or
+/// `LossyReader`).
+pub(crate) fn attach(bus: &BusDir, name: &str, access: Access) -> Result<ChannelMap, AttachError> {
     validate_name(name).map_err(|reason| AttachError::InvalidName { name: name.to_owned(), reason })?;
-    attach_files(bus, name, &bus.ring_path(name), &bus.readers_path(name), false)
+    attach_files(bus, name, &bus.ring_path(name), &bus.readers_path(name), access)
 }
 
 /// Channel files are never opened through a symbolic link (std adds

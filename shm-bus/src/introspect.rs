@@ -100,7 +100,7 @@ pub struct ChannelListing {
 
 /// Describes channel `name`.
 pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError> {
-    let map = channel::attach(bus, name)?;
+    let map = channel::attach(bus, name, channel::Access::Reader)?;
     let g = &map.geometry;
     let shards: Vec<ShardInfo> = map
         .shards

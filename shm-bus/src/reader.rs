@@ -44,7 +44,10 @@ pub struct ReaderOptions {
     /// Gated (lossless): the producer never overwrites what this reader has
     /// not released, and reports Full instead. Lossy readers (the default)
     /// never slow the producer; when lapped they skip to the oldest retained
-    /// record and count what they lost.
+    /// record and count what they lost. A lossy reader needs only read
+    /// access to the channel's files: without write access to `.readers`
+    /// it takes no reader slot (introspection does not list it) and polls
+    /// every 10 ms instead of sleeping on the futex.
     pub gated: bool,
     pub start: StartAt,
 }
@@ -92,6 +95,9 @@ pub enum Event<'r> {
 const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Longest single futex sleep, so idle readers keep checking the above.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Poll interval of a lossy reader that may not write `.readers` and so
+/// cannot ask to be woken.
+const POLL_WITHOUT_WRITE_ACCESS: Duration = Duration::from_millis(10);
 /// Records between flushes of the reader's counters into its slot.
 const ACCOUNT_EVERY: u64 = 256;
 
@@ -133,12 +139,20 @@ impl fmt::Debug for Reader {
     }
 }
 
+/// How a reader maps the channel: a lossy one makes do with read access.
+fn access(opts: ReaderOptions) -> channel::Access {
+    if opts.gated { channel::Access::Reader } else { channel::Access::LossyReader }
+}
+
 /// Claims a slot and places cursors for `opts` on `map`.
 fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, Option<usize>), AttachError> {
     let slots = &map.slots;
+    // Without write access to `.readers` a (lossy) reader takes no slot.
+    let writable = map.readers_writable;
     let mut slot = (0..slots.count)
+        .filter(|_| writable)
         .find(|&i| slots.state(i) == slot_state::FREE && slots.try_claim(i, slot_state::FREE));
-    if slot.is_none() {
+    if slot.is_none() && writable {
         // Take over the slot of a reader that died without detaching.
         slot = (0..slots.count).find(|&i| {
             let snap = slots.snapshot(i);
@@ -209,7 +223,7 @@ fn register(map: &ChannelMap, opts: ReaderOptions) -> Result<(Vec<CursorCore>, O
 impl Reader {
     /// Attaches to channel `name` in `bus`.
     pub fn attach(bus: &BusDir, name: &str, opts: ReaderOptions) -> Result<Self, AttachError> {
-        let map = channel::attach(bus, name)?;
+        let map = channel::attach(bus, name, access(opts))?;
         let (cursors, slot) = register(&map, opts)?;
         let heads = vec![None; cursors.len()];
         Ok(Self {
@@ -373,7 +387,7 @@ impl Reader {
             replaced = !self.map.is_current() && std::fs::metadata(&self.map.ring_path).is_ok();
         }
         if replaced {
-            let map = channel::attach(&self.bus, &self.name)?;
+            let map = channel::attach(&self.bus, &self.name, access(self.opts))?;
             let opts = ReaderOptions { start: StartAt::Oldest, ..self.opts };
             let (cursors, slot) = register(&map, opts)?;
             if let Some(old) = self.slot.take() {
@@ -448,6 +462,12 @@ impl Reader {
                 return Ok(None);
             }
             let Self { map, cursors, .. } = self;
+            if !map.readers_writable {
+                // No waiter count to bump (it lives in `.readers`): the
+                // writer would not wake us. Poll (FORMAT.md §6.5).
+                std::thread::sleep(left.min(POLL_WITHOUT_WRITE_ACCESS));
+                continue;
+            }
             map.words.wait(left.min(MAX_SLEEP), || {
                 cursors.iter_mut().any(|c| c.has_data())
                     || map.words.state() != crate::layout::channel_state::LIVE

@@ -231,3 +231,58 @@ fn the_python_reader_refuses_untrusted_owners_too() {
     let trusted = run(Some(format!("g:{}", other.1)));
     assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
 }
+
+/// Entry point of the child that reads as the other user (see below);
+/// returns at once in a normal test run.
+#[test]
+fn read_only_child_entry() {
+    let Ok(bus) = std::env::var("SHM_BUS_TRUST_CHILD_BUS") else { return };
+    let opts = ReaderOptions::lossy().start(shm_bus::StartAt::Oldest);
+    let mut reader = Reader::attach(&BusDir::new(bus), "ro", opts).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match reader.recv_timeout(common::PATIENCE).unwrap() {
+            Some(Event::Record(s)) => got.push(String::from_utf8_lossy(s.payload()).into_owned()),
+            Some(Event::Ended) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    println!("GOT {}", got.join(","));
+}
+
+/// A lossy reader needs only read access to both files (FORMAT.md §1): a
+/// user who may not write `.readers` attaches without a slot, never writes
+/// the file, and polls for new records instead of waiting on the futex.
+#[test]
+fn a_lossy_reader_without_write_access_to_readers_polls() {
+    let other = other_user();
+    let (_dir, bus) = common::bus();
+    chmod(bus.path(), 0o755);
+    let producer = Producer::create(&bus, "ro", ChannelOptions { mode: 0o644, ..options() }).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    writer.send(1, b"a").unwrap();
+    writer.send(1, b"b").unwrap();
+    // Readable by everyone, writable by nobody else.
+    chmod(&bus.readers_path("ro"), 0o644);
+    let before = std::fs::read(bus.readers_path("ro")).unwrap();
+    let child = Command::new("setpriv")
+        .arg(format!("--reuid={}", other.0))
+        .arg(format!("--regid={}", other.1))
+        .arg("--clear-groups")
+        .arg(std::env::current_exe().unwrap())
+        .args(["read_only_child_entry", "--exact", "--nocapture"])
+        .env("SHM_BUS_TRUST_CHILD_BUS", bus.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run setpriv (util-linux)");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    writer.send(1, b"c").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    producer.end();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("GOT a,b,c"), "{stdout}");
+    assert_eq!(std::fs::read(bus.readers_path("ro")).unwrap(), before, "the reader wrote .readers");
+}
