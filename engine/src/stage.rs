@@ -154,12 +154,20 @@ fn stats_ring_size(max_connections: u64) -> u64 {
 
 /// Probes the kernel for the io_uring receive path: `auto` picks it when it
 /// works, `io_uring` insists on it.
-fn choose_receive_path(stage: &str, asked: ReceivePathChoice) -> Result<ReceivePathChoice, EngineError> {
+fn choose_receive_path(
+    stage: &str,
+    asked: ReceivePathChoice,
+    ring_size_b: u64,
+    slot_size_b: u64,
+) -> Result<ReceivePathChoice, EngineError> {
     if asked == ReceivePathChoice::GlommioRead {
         tracing::info!("stage {stage}: receive path: glommio read (configured)");
         return Ok(asked);
     }
-    match sys::uring::probe() {
+    // A ring of the size the executors will set up (a 4 GiB packet ring
+    // asks for 32768 buffers), not a token one.
+    let (_, buffers) = crate::uring_receiver::window(ring_size_b, slot_size_b);
+    match sys::uring::probe(buffers as u16) {
         Ok(()) => {
             tracing::info!("stage {stage}: receive path: io_uring multishot recv into shared memory");
             Ok(ReceivePathChoice::IoUring)
@@ -187,7 +195,8 @@ fn start(
     let StagePlan { mut settings, ring_size_b, max_connections, priority, placements, bound, heartbeat } =
         plan;
     let stage = settings.stage.clone();
-    settings.receive_path = choose_receive_path(&stage, settings.receive_path)?;
+    settings.receive_path =
+        choose_receive_path(&stage, settings.receive_path, ring_size_b, settings.receive_slot_size_b)?;
     let shards = placements.len() as u32;
     let channel_error = |name: String| move |source| EngineError::Channel { name, source };
     let io_error = |source| EngineError::Io { stage: stage.clone(), source };

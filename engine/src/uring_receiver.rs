@@ -125,6 +125,8 @@ struct State {
     /// One past the highest slot the kernel reported filled.
     consumed_end: u64,
     open_packets: u32,
+    /// Data bytes of the packets of the open group.
+    open_payload: u64,
     opened: Instant,
     /// Most packets per group: `group_size`, and at most half the window so
     /// that an open group never holds every buffer.
@@ -148,6 +150,19 @@ impl std::fmt::Debug for UringReceiver {
     }
 }
 
+/// The receive slot size and the number of slots the kernel gets (the
+/// buffer ring's entries) for a packet ring of `capacity` bytes.
+pub(crate) fn window(capacity: u64, slot_size: u64) -> (u64, u64) {
+    // Small rings get small slots, so that the window holds a few groups'
+    // worth of them.
+    let slot = slot_size.min(capacity / 64).max(MIN_SLOT);
+    // An eighth of the ring: enough buffers for bursts over many
+    // connections, and the other seven eighths stay history for lossy and
+    // late readers (a quarter let a lossy reader be lapped in the ingest
+    // benchmark at 4-5 GB/s).
+    (slot, (capacity / 8 / slot).clamp(4, 1 << 15))
+}
+
 impl UringReceiver {
     /// Sets up the ring over `writer`'s shard, with slots of
     /// `slot_size` bytes (at most 1/64 of the ring, at least 4 KiB). Fails if the
@@ -161,14 +176,7 @@ impl UringReceiver {
         group_timeout_us: u64,
     ) -> Result<Self, (ShardWriter, io::Error)> {
         let capacity = writer.ring_capacity() as u64;
-        // Small rings get small slots, so that the window holds a few
-        // groups' worth of them.
-        let slot = slot_size.min(capacity / 64).max(MIN_SLOT);
-        // An eighth of the ring: enough buffers for bursts over many
-        // connections, and the other seven eighths stay history for lossy
-        // and late readers (a quarter let a lossy reader be lapped in the
-        // ingest benchmark at 4-5 GB/s).
-        let entries = (capacity / 8 / slot).clamp(4, 1 << 15);
+        let (slot, entries) = window(capacity, slot_size);
         if writer.next_record_pos() % slot != 0 {
             return Err((writer, io::Error::other("the shard does not start at a slot boundary")));
         }
@@ -187,6 +195,7 @@ impl UringReceiver {
             walked: first,
             consumed_end: first,
             open_packets: 0,
+            open_payload: 0,
             opened: Instant::now(),
             max_packets: group_size.min((entries / 2) as u32).max(1),
             flush_each_pass: group_timeout_us == 0,
@@ -481,6 +490,7 @@ impl State {
                         self.opened = Instant::now();
                     }
                     self.open_packets += 1;
+                    self.open_payload += u64::from(len);
                 }
             }
             self.slots[index] = Slot::Waiting;
@@ -509,7 +519,15 @@ impl State {
         let first = start / self.slot;
         self.shard.header_mut(first, RECORD_HEADER, GROUP_HEADER_LEN).copy_from_slice(&group);
         let record_len = u64::from(self.open_packets) * self.slot - RECORD_HEADER;
-        self.shard.commit_claimed(record_len as usize, records::KIND_PACKET_GROUP, shm_bus::realtime_ns());
+        // The shard header counts the packets' data as payload, not the
+        // slots they leave unfilled (`ringest ls` shows both).
+        let payload = std::mem::take(&mut self.open_payload);
+        self.shard.commit_claimed(
+            record_len as usize,
+            records::KIND_PACKET_GROUP,
+            shm_bus::realtime_ns(),
+            payload,
+        );
         self.open_packets = 0;
         self.counters.groups += 1;
     }

@@ -14,6 +14,8 @@ Output (JSON lines on stdout):
     first line:   {"channel":..,"generation":..,"state":..,"capacity":..,"shards":[..]}
     per record:   {"shard":..,"seq":..,"kind":..,"timestamp_ns":..,"len":..,"payload_hex":..}
                   (plus "lost":n when n records of that shard were lost before it)
+    at the end (--follow, channel ended): {"shard":..,"lost_at_end":n} per shard
+                  that lost n records after the last one delivered
     with --sha256, instead of records, one line per shard:
                   {"shard":..,"records":..,"bytes":..,"lost":..,"first_seq":..,
                    "last_seq":..,"sha256":..}   (sha256 of the concatenated payloads)
@@ -36,6 +38,7 @@ and the word loads are native).
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import mmap
@@ -60,12 +63,14 @@ MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 32
 MAX_NAME = 255
 MAX64 = (1 << 64) - 1
+MAX_POSITION = MAX64 - 2 * MAX_CAPACITY  # section 3.3
 
 STATE_NAMES = {1: "LIVE", 2: "ENDED", 3: "REPLACED"}
 STATE_LIVE, STATE_ENDED, STATE_REPLACED = 1, 2, 3
 
 DEFAULT_BUS = "/dev/shm/ringest"
 BUS_ENV = "RINGEST_BUS"
+TRUST_ENV = "RINGEST_BUS_TRUST"
 
 # Channel header offsets (section 3.1)
 CH_VERSION, CH_HEADER_SIZE, CH_SHARD_COUNT, CH_READER_SLOTS = 8, 12, 16, 20
@@ -214,14 +219,42 @@ def _check_ring_header(path: str, size: int, h: bytes) -> None:
         raise FormatError(corrupt + "channel name is not UTF-8") from None
 
 
-def _check_readers(path: str, shards: int, slots: int) -> int | None:
-    """Checks 13..18; returns the readers generation, or None to retry."""
+def _open_error(path: str, e: OSError) -> FormatError:
+    if e.errno == errno.ELOOP:
+        return FormatError(f"{path} is not trusted: it is a symbolic link (channel files are never opened through one)")
+    return FormatError(f"open {path}: {e.strerror}")
+
+
+def _trusted_owners() -> tuple[set[int], set[int]]:
+    """Own uid, root, and $RINGEST_BUS_TRUST ("uid,uid,g:gid"): section 1."""
+    uids, gids = {os.geteuid(), 0}, set()
+    for entry in os.environ.get(TRUST_ENV, "").split(","):
+        entry = entry.strip()
+        target, entry = (gids, entry[2:]) if entry.startswith("g:") else (uids, entry)
+        if entry.isdigit():
+            target.add(int(entry))
+    return uids, gids
+
+
+def _check_owner(path: str, st: os.stat_result) -> None:
+    uids, gids = _trusted_owners()
+    if st.st_uid not in uids and st.st_gid not in gids:
+        raise FormatError(
+            f"{path} is not trusted: owned by uid {st.st_uid} (gid {st.st_gid}); trust it with {TRUST_ENV}"
+        )
+
+
+def _check_readers(path: str, shards: int, slots: int, generation: int) -> bool:
+    """Checks 13..19; False to retry (another producer's file: a replacement
+    is under way). The generation is checked before the geometry: between
+    the two renames of a restart the new .readers sits next to the old .ring
+    and may have another shard count (FORMAT.md section 6.9)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None  # a producer between its two renames
+        return False  # a producer between its two renames
     except OSError as e:
-        raise FormatError(f"open {path}: {e.strerror}") from None
+        raise _open_error(path, e) from None
     try:
         size = os.fstat(fd).st_size
         if size < READERS_HEADER_SIZE:
@@ -230,12 +263,14 @@ def _check_readers(path: str, shards: int, slots: int) -> int | None:
     finally:
         os.close(fd)
     if len(h) < READERS_HEADER_SIZE:
-        return None
+        return False
     if h[0:8] != READERS_MAGIC:
         raise FormatError(f"{path} is not a shm-bus file (magic {h[0:8].hex()})")
     version = u32(h, RH_VERSION)
     if version != FORMAT_VERSION:
         raise FormatError(f"{path} has format version {version}, this reader reads version {FORMAT_VERSION}")
+    if u64(h, RH_GENERATION) != generation:
+        return False
     if (
         u32(h, RH_HEADER_SIZE) != READERS_HEADER_SIZE
         or u32(h, RH_SLOT_COUNT) != slots
@@ -246,20 +281,21 @@ def _check_readers(path: str, shards: int, slots: int) -> int | None:
     expected = READERS_HEADER_SIZE + slots * slot_size(shards)
     if size != expected:
         raise FormatError(f"{path} is truncated: {size} bytes, its header says {expected}")
-    return u64(h, RH_GENERATION)
+    return True
 
 
 def _attach_once(bus: str, name: str) -> Channel | None:
     ring_path = os.path.join(bus, name + ".ring")
     readers_path = os.path.join(bus, name + ".readers")
     try:
-        fd = os.open(ring_path, os.O_RDONLY)
+        fd = os.open(ring_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FormatError(f"no channel {name} (no {ring_path})") from None
     except OSError as e:
-        raise FormatError(f"open {ring_path}: {e.strerror}") from None
+        raise _open_error(ring_path, e) from None
     keep = False
     try:
+        _check_owner(ring_path, os.fstat(fd))
         size = os.fstat(fd).st_size
         if size < PAGE:
             raise FormatError(f"{ring_path} is truncated: {size} bytes, expected at least {PAGE}")
@@ -268,10 +304,10 @@ def _attach_once(bus: str, name: str) -> Channel | None:
             header = bytes(mm[0:CH_COPY])  # immutable part: one private copy
             _check_ring_header(ring_path, size, header)
             shards, slots = u32(header, CH_SHARD_COUNT), u32(header, CH_READER_SLOTS)
-            readers_generation = _check_readers(readers_path, shards, slots)
-            if readers_generation is None or readers_generation != u64(header, CH_GENERATION):
+            generation = u64(header, CH_GENERATION)
+            if not _check_readers(readers_path, shards, slots, generation):
                 return None  # files of two producers: a replacement is under way
-            ch = Channel(ring_path, fd, mm, header, readers_generation)
+            ch = Channel(ring_path, fd, mm, header, generation)
             if ch.state() == STATE_REPLACED:
                 ch.close()
                 keep = True  # already closed
@@ -322,18 +358,27 @@ class LossyCursor:
         self.shard = shard
         self.cap = ch.capacity
         self.mask = ch.capacity - 1
+        self.max_payload = ch.capacity // 2 - RECORD_HEADER
         self.hdr = ch.shard_header(shard)
         self.data = ch.shard_data(shard)
-        self.pos = self.tail()  # acquire load (plain load on x86-64)
+        self.pos = self.tail()  # relaxed load + fence(acquire): a plain load on x86-64
+        if self.pos > self.write_pos():
+            raise self._corrupt(self.pos, f"tail_pos {self.pos} is beyond write_pos")
         self.next_seq: int | None = None
         self.delivered_any = False
         self.stop_at: int | None = None  # read no further than this position
 
+    def _position(self, field: str, value: int) -> int:
+        """Section 3.3: a position is a multiple of 8, at most MAX_POSITION."""
+        if value % 8 or value > MAX_POSITION:
+            raise self._corrupt(value, f"{field} {value} is not a multiple of 8 at most {MAX_POSITION}")
+        return value
+
     def write_pos(self) -> int:
-        return self.ch.load64(self.hdr + SH_WRITE_POS)
+        return self._position("write_pos", self.ch.load64(self.hdr + SH_WRITE_POS))
 
     def tail(self) -> int:
-        return self.ch.load64(self.hdr + SH_TAIL_POS)
+        return self._position("tail_pos", self.ch.load64(self.hdr + SH_TAIL_POS))
 
     def records_written(self) -> int:
         return self.ch.load64(self.hdr + SH_RECORDS_WRITTEN)
@@ -351,6 +396,8 @@ class LossyCursor:
             if self.stop_at is not None:
                 wp = min(wp, self.stop_at)
             pos = self.pos
+            if pos > wp and self.stop_at is None:
+                raise self._corrupt(pos, f"write_pos {wp} went back below this position")
             if pos >= wp:
                 return None
             off = pos & self.mask
@@ -366,9 +413,10 @@ class LossyCursor:
             length = lkf & 0xFFFFFFFF
             kind = (lkf >> 32) & 0xFFFF
             payload = b""
-            if kind != KIND_PADDING:
-                # Copy before validating; bounded to the ring even if torn.
-                n = min(length, room - RECORD_HEADER)
+            if kind != KIND_PADDING:  # never read a padding record's inside
+                # Copy before validating; bounded to the ring and the largest
+                # payload even if the length is torn (section 6.3).
+                n = min(length, room - RECORD_HEADER, self.max_payload)
                 payload = ch.mm[base + RECORD_HEADER : base + RECORD_HEADER + n]
             # V: (fence(acquire);) load the tail; lapped if it passed pos.
             if self.tail() > pos:
@@ -381,6 +429,10 @@ class LossyCursor:
             if kind == KIND_PADDING:
                 self.pos = pos + record_size(length)
                 continue
+            if length > self.max_payload:
+                raise self._corrupt(pos, f"record length {length} exceeds the largest payload {self.max_payload}")
+            if seq == MAX64:
+                raise self._corrupt(pos, f"sequence number {seq} leaves no room for the next")
             if self.next_seq is None:
                 lost = 0
             elif seq >= self.next_seq:
@@ -395,8 +447,10 @@ class LossyCursor:
             return Record(self.shard, pos, seq, kind, ts, payload, lost)
 
 
-def read_records(ch: Channel, follow: bool, limit: int | None):
-    """Yields records of all shards merged by timestamp (each shard in order)."""
+def read_records(ch: Channel, follow: bool, limit: int | None, end_losses: dict[int, int] | None = None):
+    """Yields records of all shards merged by timestamp (each shard in order).
+    When the channel ends, fills end_losses with the records of each shard
+    lapped after the last one delivered (section 6.3, "Losses at the end")."""
     cursors = [LossyCursor(ch, i) for i in range(ch.shards)]
     if not follow:
         for c in cursors:
@@ -421,6 +475,10 @@ def read_records(ch: Channel, follow: bool, limit: int | None):
         if state == STATE_ENDED:
             # ENDED is stored after the last publish: look once more.
             if all(c.drained() for c in cursors):
+                if end_losses is not None:
+                    for c in cursors:
+                        if c.next_seq is not None:
+                            end_losses[c.shard] = max(0, c.records_written() - c.next_seq)
                 return
             continue
         if state == STATE_REPLACED:
@@ -507,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"records": 0, "bytes": 0, "lost": 0, "first_seq": None, "last_seq": None, "h": hashlib.sha256()}
                 for _ in range(ch.shards)
             ]
-            for rec in read_records(ch, args.follow, args.limit):
+            end_losses: dict[int, int] = {}
+            for rec in read_records(ch, args.follow, args.limit, end_losses):
                 s = stats[rec.shard]
                 s["records"] += 1
                 s["bytes"] += len(rec.payload)
@@ -517,12 +576,14 @@ def main(argv: list[str] | None = None) -> int:
                 s["last_seq"] = rec.seq
                 s["h"].update(rec.payload)
             for i, s in enumerate(stats):
+                s["lost"] += end_losses.get(i, 0)
                 line = {"shard": i}
                 line.update({k: v for k, v in s.items() if k != "h"})
                 line["sha256"] = s["h"].hexdigest()
                 out.write(dumps(line) + "\n")
         else:
-            for rec in read_records(ch, args.follow, args.limit):
+            end_losses = {}
+            for rec in read_records(ch, args.follow, args.limit, end_losses):
                 line = {
                     "shard": rec.shard,
                     "seq": rec.seq,
@@ -534,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
                 if rec.lost:
                     line["lost"] = rec.lost
                 out.write(dumps(line) + "\n")
+            for shard, lost in sorted(end_losses.items()):
+                if lost:
+                    out.write(dumps({"shard": shard, "lost_at_end": lost}) + "\n")
         out.flush()
     except FormatError as e:
         out.flush()

@@ -21,7 +21,8 @@ use crate::layout::{
 };
 use crate::liveness;
 use crate::ring::{
-    Arc, ChannelWords, Mapping, Region, ShardMem, Slots, monotonic_ns, producer_heartbeat, set_channel_state,
+    Arc, ChannelWords, Mapping, Region, ShardMem, Slots, effective_uid, monotonic_ns, producer_heartbeat,
+    set_channel_state,
 };
 
 /// The environment variable that overrides the default bus directory.
@@ -29,23 +30,78 @@ pub const BUS_ENV: &str = "RINGEST_BUS";
 /// Where channels live unless told otherwise.
 pub const DEFAULT_BUS_DIR: &str = "/dev/shm/ringest";
 
+/// The environment variable listing the other owners whose channel files
+/// readers trust (see [`BusDir::trust_uid`]): comma-separated uids, and
+/// gids prefixed with `g:` (`1001,g:1002`).
+pub const TRUST_ENV: &str = "RINGEST_BUS_TRUST";
+
 /// A bus directory: the namespace that channels live in.
+///
+/// **Trust.** A producer creates channels only in directories that no other
+/// user can change: each directory from the bus directory down to the
+/// channel's is checked with `lstat` (not a symbolic link; owned by this
+/// user, or by root with the sticky bit; not writable by its group or by
+/// others unless sticky or the channel's `mode` grants that class write
+/// access), and created with mode 0755 when missing. Channel files are never
+/// opened through a symbolic link (`O_NOFOLLOW`). A reader attaches only to
+/// files owned by this user or root, or by a uid or gid trusted with
+/// [`BusDir::trust_uid`] / [`BusDir::trust_gid`] (or [`TRUST_ENV`]): the
+/// group-read case, where the producer runs as another user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BusDir {
     path: PathBuf,
+    trusted_uids: Vec<u32>,
+    trusted_gids: Vec<u32>,
 }
 
 impl BusDir {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self { path: path.into(), trusted_uids: Vec::new(), trusted_gids: Vec::new() }
     }
 
-    /// `$RINGEST_BUS`, or `/dev/shm/ringest`.
+    /// `$RINGEST_BUS`, or `/dev/shm/ringest`, trusting the owners listed in
+    /// `$RINGEST_BUS_TRUST`.
     pub fn from_env() -> Self {
         match std::env::var_os(BUS_ENV) {
             Some(dir) if !dir.is_empty() => Self::new(dir),
             _ => Self::new(DEFAULT_BUS_DIR),
         }
+        .trust_from_env()
+    }
+
+    /// Also trusts the owners listed in `$RINGEST_BUS_TRUST` (see
+    /// [`TRUST_ENV`]; entries that do not parse are ignored).
+    pub fn trust_from_env(mut self) -> Self {
+        if let Ok(list) = std::env::var(TRUST_ENV) {
+            for entry in list.split(',').map(str::trim) {
+                match entry.strip_prefix("g:") {
+                    Some(gid) => self.trusted_gids.extend(gid.parse::<u32>().ok()),
+                    None => self.trusted_uids.extend(entry.parse::<u32>().ok()),
+                }
+            }
+        }
+        self
+    }
+
+    /// Also trusts channel files owned by `uid` (by default only this
+    /// process's effective uid and root are trusted).
+    pub fn trust_uid(mut self, uid: u32) -> Self {
+        self.trusted_uids.push(uid);
+        self
+    }
+
+    /// Also trusts channel files whose group is `gid`.
+    pub fn trust_gid(mut self, gid: u32) -> Self {
+        self.trusted_gids.push(gid);
+        self
+    }
+
+    /// Whether a reader may trust a file with this owner and group.
+    fn trusts(&self, uid: u32, gid: u32) -> bool {
+        uid == effective_uid()
+            || uid == 0
+            || self.trusted_uids.contains(&uid)
+            || self.trusted_gids.contains(&gid)
     }
 
     pub fn path(&self) -> &Path {
@@ -235,6 +291,10 @@ pub(crate) struct ChannelMap {
     pub(crate) words: ChannelWords,
     pub(crate) slots: Slots,
     pub(crate) shards: Vec<ShardMem>,
+    /// Whether `.readers` is mapped writable. A lossy reader without write
+    /// access maps it read-only and never touches it: no slot, no waiter
+    /// count (it polls instead, FORMAT.md §6.5).
+    pub(crate) readers_writable: bool,
 }
 
 impl ChannelMap {
@@ -270,7 +330,7 @@ impl ChannelMap {
             channel: ring.sub(0, PAGE as usize),
             readers: readers.sub(0, READERS_HEADER_SIZE as usize),
         };
-        Self { geometry, ring_path, ring_id, words, slots, shards }
+        Self { geometry, ring_path, ring_id, words, slots, shards, readers_writable: true }
     }
 
     pub(crate) fn state(&self) -> ChannelState {
@@ -309,6 +369,7 @@ fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), C
             .write(true)
             .create_new(true)
             .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(create_io("create", &tmp))?;
         // The umask may have masked bits off: set exactly what was asked.
@@ -333,8 +394,10 @@ fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), C
 /// heartbeat: it keeps the channel while it beats, and a producer started
 /// anywhere takes the channel over once it stopped.
 fn retire_old(name: &str, path: &Path) -> Result<(), CreateError> {
-    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
-        return Ok(()); // absent (or unreadable: the rename replaces it anyway)
+    // Never through a symbolic link: one planted here would get another
+    // channel's file marked REPLACED. The rename replaces the link itself.
+    let Ok(file) = OpenOptions::new().read(true).write(true).custom_flags(NO_FOLLOW).open(path) else {
+        return Ok(()); // absent, a link, or unreadable: the rename replaces it anyway
     };
     let Ok((geometry, _)) = read_geometry(&file, path) else {
         return Ok(()); // corrupt or foreign: nothing can be attached to it
@@ -370,9 +433,7 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
     opts.validate().map_err(|reason| CreateError::InvalidOptions { name: name.to_owned(), reason })?;
     let ring_path = bus.ring_path(name);
     let readers_path = bus.readers_path(name);
-    if let Some(dir) = ring_path.parent() {
-        std::fs::create_dir_all(dir).map_err(create_io("create directory", dir))?;
-    }
+    prepare_directories(bus, name, opts.mode)?;
     retire_old(name, &ring_path)?;
 
     let me = liveness::own_identity();
@@ -415,10 +476,12 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
 
     // Map what we just renamed into place. A racing producer of the same
     // name would show up as a different generation here.
-    let map = attach_files(name, &ring_path, &readers_path, true).map_err(|e| CreateError::Io {
-        op: "map new channel",
-        path: ring_path.clone(),
-        source: io::Error::other(e.to_string()),
+    let map = attach_files(bus, name, &ring_path, &readers_path, Access::Producer).map_err(|e| {
+        CreateError::Io {
+            op: "map new channel",
+            path: ring_path.clone(),
+            source: io::Error::other(e.to_string()),
+        }
     })?;
     if map.geometry.generation != generation {
         return Err(CreateError::Busy {
@@ -506,7 +569,10 @@ fn read_geometry(file: &File, path: &Path) -> Result<(Geometry, u64), AttachErro
 }
 
 /// Reads and validates the readers header against the channel's geometry.
-fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, AttachError> {
+/// `Ok(false)`: the file belongs to another producer generation (checked
+/// before the geometry: during a restart the new `.readers` may sit next
+/// to the old `.ring`, with another shard count): retry.
+fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<bool, AttachError> {
     let size = file.metadata().map_err(attach_io("stat", path))?.len();
     if size < READERS_HEADER_SIZE {
         return Err(AttachError::Truncated {
@@ -530,6 +596,9 @@ fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, A
             expected: FORMAT_VERSION,
         });
     }
+    if u64_at(&h, rh::GENERATION) != g.generation {
+        return Ok(false);
+    }
     let corrupt = |what: String| AttachError::Corrupt { path: path.to_owned(), what };
     if u32_at(&h, rh::HEADER_SIZE) as u64 != READERS_HEADER_SIZE
         || u32_at(&h, rh::SLOT_COUNT) != g.reader_slots
@@ -545,7 +614,7 @@ fn check_readers_header(file: &File, path: &Path, g: &Geometry) -> Result<u64, A
     if size > expected {
         return Err(corrupt(format!("file is {size} bytes, its header says {expected}")));
     }
-    Ok(u64_at(&h, rh::GENERATION))
+    Ok(true)
 }
 
 /// Outcome of one attach attempt.
@@ -555,48 +624,78 @@ enum Attempt {
     Mismatch,
 }
 
+/// Who maps a channel, and so how its files are opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Both files read-write.
+    Producer,
+    /// `.ring` read-only, `.readers` read-write (registering, introspection).
+    Reader,
+    /// As `Reader`, or `.readers` read-only when that is all we may do.
+    LossyReader,
+}
+
 fn attach_once(
+    bus: &BusDir,
     name: &str,
     ring_path: &Path,
     readers_path: &Path,
-    producer: bool,
+    access: Access,
 ) -> Result<Attempt, AttachError> {
-    let ring_file = match File::open(ring_path) {
+    let ring_file = match OpenOptions::new().read(true).custom_flags(NO_FOLLOW).open(ring_path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(AttachError::NotFound { name: name.to_owned(), path: ring_path.to_owned() });
         }
-        Err(e) => return Err(AttachError::Io { op: "open", path: ring_path.to_owned(), source: e }),
+        Err(e) => return Err(open_error("open", ring_path, e)),
     };
+    let ring_owner = check_owner(bus, &ring_file, ring_path)?;
     let (geometry, _) = read_geometry(&ring_file, ring_path)?;
-    let readers_file = match OpenOptions::new().read(true).write(true).open(readers_path) {
-        Ok(f) => f,
+    let open_readers =
+        |write| OpenOptions::new().read(true).write(write).custom_flags(NO_FOLLOW).open(readers_path);
+    let (readers_file, readers_writable) = match open_readers(true) {
+        Ok(f) => (f, true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
-        Err(e) => {
-            return Err(AttachError::Io {
-                op: "open for writing (readers register there)",
-                path: readers_path.to_owned(),
-                source: e,
-            });
+        // A lossy reader needs only read access (FORMAT.md §1).
+        Err(e) if access == Access::LossyReader && e.kind() == io::ErrorKind::PermissionDenied => {
+            match open_readers(false) {
+                Ok(f) => (f, false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Mismatch),
+                Err(e) => return Err(open_error("open", readers_path, e)),
+            }
         }
+        Err(e) => return Err(open_error("open for writing (readers register there)", readers_path, e)),
     };
-    if check_readers_header(&readers_file, readers_path, &geometry)? != geometry.generation {
+    // The pair comes from one producer: a `.readers` file of another owner
+    // is forged (or a replacement is under way, which the owner check of
+    // the next attempt settles).
+    let readers_owner = check_owner(bus, &readers_file, readers_path)?;
+    if readers_owner.0 != ring_owner.0 {
+        return Err(AttachError::Untrusted {
+            path: readers_path.to_owned(),
+            reason: format!("owned by uid {}, but its .ring by uid {}", readers_owner.0, ring_owner.0),
+        });
+    }
+    if !check_readers_header(&readers_file, readers_path, &geometry)? {
         return Ok(Attempt::Mismatch);
     }
     let meta = ring_file.metadata().map_err(attach_io("stat", ring_path))?;
     let ring_id = (meta.dev(), meta.ino());
+    let producer = access == Access::Producer;
     let ring_map = if producer {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(NO_FOLLOW)
             .open(ring_path)
-            .map_err(attach_io("open", ring_path))?;
+            .map_err(|e| open_error("open", ring_path, e))?;
         Mapping::map(&f, true)
     } else {
         Mapping::map(&ring_file, false)
     }
     .map_err(attach_io("map", ring_path))?;
-    let readers_map = Mapping::map(&readers_file, true).map_err(attach_io("map", readers_path))?;
+    let readers_map =
+        Mapping::map(&readers_file, readers_writable).map_err(attach_io("map", readers_path))?;
     // The sizes were checked on the same open files, and the producer never
     // resizes a file after renaming it into place.
     if ring_map.len() as u64 != layout::ring_file_size(geometry.shards, geometry.capacity) {
@@ -606,7 +705,8 @@ fn attach_once(
             actual: ring_map.len() as u64,
         });
     }
-    let map = ChannelMap::from_mappings(geometry, ring_path.to_owned(), ring_id, ring_map, readers_map);
+    let mut map = ChannelMap::from_mappings(geometry, ring_path.to_owned(), ring_id, ring_map, readers_map);
+    map.readers_writable = readers_writable;
     if !producer && map.state() == ChannelState::Replaced {
         return Ok(Attempt::Mismatch);
     }
@@ -614,16 +714,17 @@ fn attach_once(
 }
 
 fn attach_files(
+    bus: &BusDir,
     name: &str,
     ring_path: &Path,
     readers_path: &Path,
-    producer: bool,
+    access: Access,
 ) -> Result<ChannelMap, AttachError> {
     // A producer replacing the channel renames two files one after the
     // other; give it a moment to finish.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match attach_once(name, ring_path, readers_path, producer)? {
+        match attach_once(bus, name, ring_path, readers_path, access)? {
             Attempt::Done(map) => return Ok(*map),
             Attempt::Mismatch if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
             Attempt::Mismatch => return Err(AttachError::NotSettled { name: name.to_owned() }),
@@ -631,10 +732,109 @@ fn attach_files(
     }
 }
 
-/// Maps an existing channel for reading.
-pub(crate) fn attach(bus: &BusDir, name: &str) -> Result<ChannelMap, AttachError> {
+/// Maps an existing channel for reading (`access`: `Reader` or
+/// `LossyReader`).
+pub(crate) fn attach(bus: &BusDir, name: &str, access: Access) -> Result<ChannelMap, AttachError> {
     validate_name(name).map_err(|reason| AttachError::InvalidName { name: name.to_owned(), reason })?;
-    attach_files(name, &bus.ring_path(name), &bus.readers_path(name), false)
+    attach_files(bus, name, &bus.ring_path(name), &bus.readers_path(name), access)
+}
+
+/// Channel files are never opened through a symbolic link (std adds
+/// `O_CLOEXEC` to every open).
+const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// An open error, naming a symbolic link as what it is.
+fn open_error(op: &'static str, path: &Path, e: io::Error) -> AttachError {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return AttachError::Untrusted {
+            path: path.to_owned(),
+            reason: "it is a symbolic link (channel files are never opened through one)".into(),
+        };
+    }
+    AttachError::Io { op, path: path.to_owned(), source: e }
+}
+
+/// Checks that an open channel file is a regular file whose owner the bus
+/// trusts; returns its (uid, gid).
+fn check_owner(bus: &BusDir, file: &File, path: &Path) -> Result<(u32, u32), AttachError> {
+    let meta = file.metadata().map_err(attach_io("stat", path))?;
+    let untrusted = |reason: String| AttachError::Untrusted { path: path.to_owned(), reason };
+    if !meta.file_type().is_file() {
+        return Err(untrusted("not a regular file".into()));
+    }
+    if !bus.trusts(meta.uid(), meta.gid()) {
+        return Err(untrusted(format!(
+            "owned by uid {} (gid {}), which this reader does not trust (only uid {} and root, \
+             and what BusDir::trust_uid / trust_gid or ${TRUST_ENV} add)",
+            meta.uid(),
+            meta.gid(),
+            effective_uid()
+        )));
+    }
+    Ok((meta.uid(), meta.gid()))
+}
+
+/// Creates the directories a channel's files go in, as needed, and checks
+/// each one from the bus directory down (see [`BusDir`], "Trust").
+fn prepare_directories(bus: &BusDir, name: &str, mode: u32) -> Result<(), CreateError> {
+    let root = bus.path();
+    if let Some(parent) = root.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        // Above the bus directory nothing is checked: that is the system's.
+        std::fs::create_dir_all(parent).map_err(create_io("create directory", parent))?;
+    }
+    let mut dir = root.to_owned();
+    make_trusted_dir(&dir, mode)?;
+    let components: Vec<&str> = name.split('/').collect();
+    for part in &components[..components.len() - 1] {
+        dir.push(part);
+        make_trusted_dir(&dir, mode)?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (mode 0755, less the umask) unless it exists, then checks
+/// it with `lstat`.
+fn make_trusted_dir(dir: &Path, mode: u32) -> Result<(), CreateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CreateError::Io { op: "create directory", path: dir.to_owned(), source: e }),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(create_io("lstat", dir))?;
+    check_dir(&meta, mode).map_err(|reason| CreateError::UntrustedDirectory { path: dir.to_owned(), reason })
+}
+
+/// Whether a directory keeps other users from swapping or planting files:
+/// the rules of [`BusDir`] ("Trust"). `mode` is the channel's file mode.
+fn check_dir(meta: &std::fs::Metadata, mode: u32) -> Result<(), String> {
+    if meta.file_type().is_symlink() {
+        return Err("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    let me = effective_uid();
+    let bits = meta.mode();
+    let sticky = bits & 0o1000 != 0;
+    if meta.uid() != me && !(meta.uid() == 0 && sticky) {
+        return Err(format!(
+            "it is owned by uid {}, not by this user (uid {me}) nor by root with the sticky bit",
+            meta.uid()
+        ));
+    }
+    for (class, write) in [("its group", 0o020), ("other users", 0o002)] {
+        if bits & write != 0 && !sticky && mode & write == 0 {
+            return Err(format!(
+                "it is writable by {class} (mode {:o}) without the sticky bit, and the channel mode {mode:o} \
+                 does not grant them write access",
+                bits & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub enum CreateError {
     Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error("shard {shard} of channel {name} is already taken or does not exist")]
     ShardTaken { name: String, shard: u32 },
+    /// A directory of the bus could let another user swap or plant files.
+    #[error("bus directory {} is not safe to create channels in: {reason}", path.display())]
+    UntrustedDirectory { path: PathBuf, reason: String },
 }
 
 /// Attaching to an existing channel (a reader, or introspection) failed.
@@ -39,6 +42,10 @@ pub enum AttachError {
     NoReaderSlot { name: String, slots: u32 },
     #[error("channel {name} is being replaced by a new producer and did not settle in time")]
     NotSettled { name: String },
+    /// The file is a symbolic link, or belongs to a user this reader does
+    /// not trust (see [`crate::BusDir::trust_uid`]).
+    #[error("{} is not trusted: {reason}", path.display())]
+    Untrusted { path: PathBuf, reason: String },
 }
 
 /// A reservation could not be made.

@@ -30,12 +30,21 @@ pub struct ChannelInfo {
 impl ChannelInfo {
     /// Records written over all shards.
     pub fn records_written(&self) -> u64 {
-        self.shards.iter().map(|s| s.records_written).sum()
+        // Saturating: the counters come from a file, which may be damaged.
+        self.shards.iter().fold(0u64, |sum, s| sum.saturating_add(s.records_written))
     }
 
-    /// Payload bytes written over all shards.
+    /// Record bytes written over all shards (what the records take of the
+    /// rings, headers aside).
     pub fn bytes_written(&self) -> u64 {
-        self.shards.iter().map(|s| s.bytes_written).sum()
+        self.shards.iter().fold(0u64, |sum, s| sum.saturating_add(s.bytes_written))
+    }
+
+    /// Of [`ChannelInfo::bytes_written`], the bytes the producer counts as
+    /// payload (e.g. the TCP data of packet groups whose records fill whole
+    /// receive slots); 0 from producers older than this counter.
+    pub fn payload_bytes(&self) -> u64 {
+        self.shards.iter().fold(0u64, |sum, s| sum.saturating_add(s.payload_bytes))
     }
 }
 
@@ -45,7 +54,10 @@ pub struct ShardInfo {
     pub write_pos: u64,
     pub tail_pos: u64,
     pub records_written: u64,
+    /// Sum of the records' lengths.
     pub bytes_written: u64,
+    /// Of `bytes_written`, what the producer counts as payload.
+    pub payload_bytes: u64,
     /// Times the shard became full because a gated reader held the space
     /// (episodes, not retries).
     pub full_count: u64,
@@ -88,7 +100,7 @@ pub struct ChannelListing {
 
 /// Describes channel `name`.
 pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError> {
-    let map = channel::attach(bus, name)?;
+    let map = channel::attach(bus, name, channel::Access::Reader)?;
     let g = &map.geometry;
     let shards: Vec<ShardInfo> = map
         .shards
@@ -100,6 +112,7 @@ pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError
                 tail_pos: c.tail_pos,
                 records_written: c.records_written,
                 bytes_written: c.bytes_written,
+                payload_bytes: c.payload_bytes,
                 full_count: c.full_count,
                 publish_count: c.publish_count,
                 start_over_count: c.start_over_count,
@@ -116,12 +129,17 @@ pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError
             }
             let (mut lag_records, mut lag_bytes) = (0, 0);
             for (shard, &(pos, next_seq)) in shards.iter().zip(&snap.shards) {
-                lag_bytes += shard.write_pos.saturating_sub(pos);
-                lag_records += if next_seq == u64::MAX {
-                    u64::from(pos < shard.write_pos)
-                } else {
-                    shard.records_written.saturating_sub(next_seq)
-                };
+                // Saturating: positions and counters come from files, which
+                // may be damaged.
+                lag_bytes = u64::saturating_add(lag_bytes, shard.write_pos.saturating_sub(pos));
+                lag_records = u64::saturating_add(
+                    lag_records,
+                    if next_seq == u64::MAX {
+                        u64::from(pos < shard.write_pos)
+                    } else {
+                        shard.records_written.saturating_sub(next_seq)
+                    },
+                );
             }
             Some(ReaderInfo {
                 slot: i as u32,

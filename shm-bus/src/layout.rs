@@ -42,6 +42,11 @@ pub const MAX_READER_SLOTS: u32 = 1024;
 /// record and padding length fits the header's 32-bit length.
 pub const MIN_CAPACITY: u64 = 4096;
 pub const MAX_CAPACITY: u64 = 1 << 32;
+/// Largest valid ring position: a reader treats a larger `write_pos`,
+/// `tail_pos` or `last_record_pos` as corrupt, so that stepping over a
+/// record never overflows. (Positions grow by the bytes written: at
+/// 100 GB/s this is reached after five years.)
+pub const MAX_POSITION: u64 = u64::MAX - 2 * MAX_CAPACITY;
 /// Longest channel name, in bytes.
 pub const MAX_NAME: usize = 255;
 
@@ -125,6 +130,9 @@ pub mod shard_header {
     pub const START_OVER_COUNT: usize = 168;
     /// Skips ahead into the inside of an earlier start-over's padding.
     pub const SKIP_AHEAD_COUNT: usize = 176;
+    /// Of `BYTES_WRITTEN`, the bytes the producer counts as payload (0 from
+    /// producers older than this field).
+    pub const PAYLOAD_BYTES: usize = 184;
     pub const END: usize = 192;
 }
 

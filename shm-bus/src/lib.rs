@@ -10,9 +10,10 @@
 //!   fill it in place (for example with `recv(2)`), commit, and publish a
 //!   batch with one release store.
 //! - A [`Reader`] sees all shards as one stream and gets each record as one
-//!   contiguous, zero-copy slice. Lossy readers never slow the producer and
-//!   count what they lose; gated readers are lossless and make the producer
-//!   report [`ReserveError::Full`] instead of overwriting.
+//!   contiguous slice: zero-copy for gated readers, which are lossless and
+//!   make the producer report [`ReserveError::Full`] instead of
+//!   overwriting; a validated copy for lossy readers, which never slow the
+//!   producer and count what they lose (see [`Sample`]).
 //! - Dead readers stop gating within a second (pid liveness, no daemon);
 //!   readers follow producer restarts; [`list_channels`] shows it all.
 //!
@@ -38,7 +39,8 @@ mod ring;
 
 #[cfg(not(loom))]
 pub use channel::{
-    BUS_ENV, BusDir, ChannelOptions, ChannelState, DEFAULT_BUS_DIR, DEFAULT_HOT_WINDOW, validate_name,
+    BUS_ENV, BusDir, ChannelOptions, ChannelState, DEFAULT_BUS_DIR, DEFAULT_HOT_WINDOW, TRUST_ENV,
+    validate_name,
 };
 #[cfg(not(loom))]
 pub use error::{AttachError, CreateError, RecvError, ReserveError};

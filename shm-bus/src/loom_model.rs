@@ -83,7 +83,12 @@ impl Model {
     /// A lossy reader starting at the oldest record.
     pub fn lossy_reader(&self) -> ModelReader {
         ModelReader {
-            cursor: CursorCore::new(self.shard.clone(), self.shard.tail_pos(), u64::MAX, false),
+            cursor: CursorCore::new(
+                self.shard.clone(),
+                self.shard.tail_pos().expect("a valid tail"),
+                u64::MAX,
+                false,
+            ),
             slot: None,
             slots: self.slots.clone(),
             lost_slot: false,
@@ -110,7 +115,7 @@ impl Model {
     /// hold and that position.
     fn register(&self, state: u32) -> (SlotHold, u64) {
         let claiming = self.slots.try_claim(0, self.slots.owner(0)).expect("slot 0 is free");
-        let start = self.shard.tail_pos();
+        let start = self.shard.tail_pos().expect("a valid tail");
         let mut hold = self
             .slots
             .fill(0, claiming, Default::default(), 0, 0, &[start])
@@ -153,7 +158,7 @@ impl Model {
             return None;
         }
         let claiming = self.slots.try_claim(0, seen)?;
-        let start = self.shard.tail_pos();
+        let start = self.shard.tail_pos().expect("a valid tail");
         let mut hold = self.slots.fill(0, claiming, Default::default(), 0, 0, &[start]).ok()?;
         self.slots.activate(&mut hold, slot_state::GATED, &self.words.readers).ok()?;
         let start = self.slots.settle_gated_start(&mut hold, 0, &self.shard).ok()?;

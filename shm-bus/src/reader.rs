@@ -1,5 +1,6 @@
 //! The reader side: a [`Reader`] sees all shards of a channel as one stream
-//! and hands out zero-copy [`Sample`]s.
+//! and hands out [`Sample`]s: zero-copy for gated readers, a copy validated
+//! against the writer's tail for lossy ones.
 //!
 //! ```no_run
 //! # use std::time::Duration;
@@ -23,7 +24,7 @@ use crate::channel::{self, BusDir, ChannelMap, ChannelState};
 use crate::error::{AttachError, RecvError};
 use crate::layout::slot_state;
 use crate::liveness;
-use crate::ring::{Arc, CursorCore, Head, SlotHold, monotonic_ns};
+use crate::ring::{Arc, Corrupt, CursorCore, Head, SlotHold, monotonic_ns};
 
 /// Where a new reader starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +48,10 @@ pub struct ReaderOptions {
     /// misjudged), the reader fails with [`RecvError::SlotLost`] rather
     /// than turn lossy unnoticed. Lossy readers (the default)
     /// never slow the producer; when lapped they skip to the oldest retained
-    /// record and count what they lost.
+    /// record and count what they lost. A lossy reader needs only read
+    /// access to the channel's files: without write access to `.readers`
+    /// it takes no reader slot (introspection does not list it) and polls
+    /// every 10 ms instead of sleeping on the futex.
     pub gated: bool,
     pub start: StartAt,
 }
@@ -95,6 +99,9 @@ pub enum Event<'r> {
 const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Longest single futex sleep, so idle readers keep checking the above.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Poll interval of a lossy reader that may not write `.readers` and so
+/// cannot ask to be woken.
+const POLL_WITHOUT_WRITE_ACCESS: Duration = Duration::from_millis(10);
 /// Records between flushes of the reader's counters into its slot.
 const ACCOUNT_EVERY: u64 = 256;
 
@@ -116,6 +123,14 @@ pub struct Reader {
     stats: ReaderStats,
     /// Counts not yet flushed into the slot.
     unaccounted: (u64, u64),
+    /// The payload of the next or last record of a lossy reader, copied
+    /// out of shared memory and validated (see [`Sample::payload`]).
+    copy: Vec<u8>,
+    /// The (shard, position) of the head whose payload `copy` holds, until
+    /// it is delivered.
+    copied: Option<(usize, u64)>,
+    /// Whether the losses at the end of the stream were counted.
+    end_counted: bool,
     last_idle_check: Instant,
 }
 
@@ -129,6 +144,11 @@ impl fmt::Debug for Reader {
             .field("stats", &self.stats)
             .finish()
     }
+}
+
+/// How a reader maps the channel: a lossy one makes do with read access.
+fn access(opts: ReaderOptions) -> channel::Access {
+    if opts.gated { channel::Access::Reader } else { channel::Access::LossyReader }
 }
 
 /// Claims a free slot, or else the slot of a reader that died without
@@ -176,32 +196,34 @@ fn register(
 ) -> Result<(Vec<CursorCore>, Option<SlotHold>), AttachError> {
     let slots = &map.slots;
     let me = liveness::own_identity();
+    let corrupt = |shard: usize, c: Corrupt| AttachError::Corrupt {
+        path: map.ring_path.clone(),
+        what: format!("shard {shard} at position {}: {}", c.pos, c.what),
+    };
     // Start position and the sequence number expected there (u64::MAX:
     // unknown, nothing counts as lost before the first record).
     let starts: Vec<(u64, u64)> = map
         .shards
         .iter()
-        .map(|shard| match opts.start {
-            StartAt::Oldest => (shard.tail_pos(), u64::MAX),
-            StartAt::Next => shard.end_snapshot(),
-            StartAt::Latest => {
-                let c = shard.counters();
-                if c.last_record_pos != u64::MAX
-                    && c.last_record_pos >= c.tail_pos
-                    && c.last_record_pos < c.write_pos
-                {
-                    (c.last_record_pos, u64::MAX)
-                } else {
-                    shard.end_snapshot()
-                }
+        .enumerate()
+        .map(|(i, shard)| {
+            match opts.start {
+                StartAt::Oldest => shard.tail_pos().map(|tail| (tail, u64::MAX)),
+                StartAt::Next => shard.end_snapshot(),
+                StartAt::Latest => shard.latest_start(),
             }
+            .map_err(|c| corrupt(i, c))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut positions: Vec<u64> = starts.iter().map(|&(pos, _)| pos).collect();
     let state = if opts.gated { slot_state::GATED } else { slot_state::LOSSY };
     // A claim that loses its slot before it is settled (someone else
     // changed it: only a party that misjudged us dead can) starts over.
+    // Without write access to `.readers` a (lossy) reader takes no slot.
     let hold = loop {
+        if !map.readers_writable {
+            break None;
+        }
         let Some((i, claiming)) = claim_slot(map) else { break None };
         let Ok(mut hold) = slots.fill(i, claiming, me, monotonic_ns(), liveness::realtime_ns(), &positions)
         else {
@@ -237,11 +259,14 @@ fn register(
             CursorCore::new(shard.clone(), pos, seq, opts.gated)
         })
         .collect();
-    for cursor in &mut cursors {
-        cursor.anchor().map_err(|c| AttachError::Corrupt {
-            path: map.ring_path.clone(),
-            what: format!("at position {}: {}", c.pos, c.what),
-        })?;
+    // A file that turns out corrupt leaves no slot behind.
+    let give_back = || {
+        if let Some(hold) = &hold {
+            slots.free(hold, monotonic_ns());
+        }
+    };
+    for (i, cursor) in cursors.iter_mut().enumerate() {
+        cursor.anchor().map_err(|c| corrupt(i, c)).inspect_err(|_| give_back())?;
     }
     Ok((cursors, hold))
 }
@@ -249,7 +274,7 @@ fn register(
 impl Reader {
     /// Attaches to channel `name` in `bus`.
     pub fn attach(bus: &BusDir, name: &str, opts: ReaderOptions) -> Result<Self, AttachError> {
-        let map = channel::attach(bus, name)?;
+        let map = channel::attach(bus, name, access(opts))?;
         let (cursors, slot) = register(&map, opts)?;
         let heads = vec![None; cursors.len()];
         Ok(Self {
@@ -263,6 +288,9 @@ impl Reader {
             lost_slot: None,
             stats: ReaderStats::default(),
             unaccounted: (0, 0),
+            copy: Vec::new(),
+            copied: None,
+            end_counted: false,
             last_idle_check: Instant::now(),
         })
     }
@@ -340,7 +368,8 @@ impl Reader {
                     written.saturating_sub(c.next_seq())
                 }
             })
-            .sum()
+            // Saturating: the counters come from a file.
+            .fold(0, u64::saturating_add)
     }
 
     fn flush_accounting(&mut self) {
@@ -399,12 +428,45 @@ impl Reader {
                 }
             }
             let Some((shard, head)) = best else { return Ok(None) };
-            // A head peeked a while ago may have been overwritten since
-            // (lossy readers): check again before handing it out.
-            if self.cursors[shard].still_valid(&head) {
+            let cursor = &self.cursors[shard];
+            if cursor.gated || self.copied == Some((shard, head.pos)) {
+                return Ok(Some((shard, head)));
+            }
+            // A lossy reader's record may be overwritten at any moment: it
+            // gets a copy, made with atomic loads and validated after (sync
+            // point V), which also proves the header peeked earlier intact.
+            // A lapped copy is dropped; the cursor, still on the record,
+            // finds out at its next peek and counts the loss.
+            if cursor.copy_payload(&head, &mut self.copy) {
+                self.copied = Some((shard, head.pos));
                 return Ok(Some((shard, head)));
             }
             self.heads[shard] = None;
+        }
+    }
+
+    /// Once the channel ended and every shard is drained: records lapped
+    /// after the last one delivered, which no later record reports (a
+    /// lapped cursor resumes at the tail, and nothing may follow it),
+    /// count as lost (FORMAT.md §6.3, "Losses at the end").
+    fn count_losses_at_end(&mut self) {
+        if self.end_counted {
+            return;
+        }
+        self.end_counted = true;
+        let lost = self
+            .map
+            .shards
+            .iter()
+            .zip(&self.cursors)
+            .filter(|(_, c)| c.next_seq() != u64::MAX)
+            // Saturating: the counter comes from a file.
+            .map(|(shard, c)| shard.counters().records_written.saturating_sub(c.next_seq()))
+            .fold(0, u64::saturating_add);
+        if lost != 0 {
+            self.stats.lost = self.stats.lost.saturating_add(lost);
+            self.unaccounted.1 = self.unaccounted.1.saturating_add(lost);
+            self.flush_accounting();
         }
     }
 
@@ -420,7 +482,7 @@ impl Reader {
             replaced = !self.map.is_current() && std::fs::metadata(&self.map.ring_path).is_ok();
         }
         if replaced {
-            let map = channel::attach(&self.bus, &self.name)?;
+            let map = channel::attach(&self.bus, &self.name, access(self.opts))?;
             let opts = ReaderOptions { start: StartAt::Oldest, ..self.opts };
             let (cursors, slot) = register(&map, opts)?;
             if let Some(old) = self.slot.take() {
@@ -428,6 +490,8 @@ impl Reader {
             }
             self.map = Arc::new(map);
             self.heads = vec![None; cursors.len()];
+            self.copied = None;
+            self.end_counted = false;
             self.cursors = cursors;
             self.slot = slot;
             self.stats.restarts += 1;
@@ -436,6 +500,7 @@ impl Reader {
         if state == ChannelState::Ended {
             // ENDED is stored after the last publish: look once more.
             if self.cursors.iter_mut().all(|c| !c.has_data()) {
+                self.count_losses_at_end();
                 return Ok(Some(Event::Ended));
             }
         }
@@ -446,6 +511,8 @@ impl Reader {
     pub fn try_recv(&mut self) -> Result<Option<Event<'_>>, RecvError> {
         if let Some((shard, head)) = self.next_head()? {
             self.heads[shard] = None;
+            // `next_head` copied a lossy reader's payload into `self.copy`.
+            let copied = self.copied.take().is_some();
             self.cursors[shard].advance(&head);
             self.stats.received += 1;
             self.stats.lost += head.lost;
@@ -454,7 +521,7 @@ impl Reader {
             if self.unaccounted.0 >= ACCOUNT_EVERY || head.lost != 0 {
                 self.flush_accounting();
             }
-            return Ok(Some(Event::Record(Sample { reader: self, shard, head })));
+            return Ok(Some(Event::Record(Sample { reader: self, shard, head, copied })));
         }
         self.lifecycle()
     }
@@ -490,6 +557,12 @@ impl Reader {
                 return Ok(None);
             }
             let Self { map, cursors, .. } = self;
+            if !map.readers_writable {
+                // No waiter count to bump (it lives in `.readers`): the
+                // writer would not wake us. Poll (FORMAT.md §6.5).
+                std::thread::sleep(left.min(POLL_WITHOUT_WRITE_ACCESS));
+                continue;
+            }
             map.words.wait(left.min(MAX_SLEEP), || {
                 cursors.iter_mut().any(|c| c.has_data())
                     || map.words.state() != crate::layout::channel_state::LIVE
@@ -533,15 +606,26 @@ impl Drop for Reader {
     }
 }
 
-/// One record, borrowed in place from the shared mapping (no copy). For a
-/// gated reader the producer cannot overwrite it while the sample lives; it
-/// is released when the sample is dropped. For a lossy reader it may be
-/// overwritten if the producer laps the reader meanwhile: check
-/// [`Sample::is_valid`] after using the payload.
+/// One record.
+///
+/// - For a **gated** reader the payload is borrowed in place from the shared
+///   mapping (zero copy): the producer cannot overwrite it while the sample
+///   lives, and it is released when the sample is dropped.
+/// - For a **lossy** reader the payload is a private copy, made when the
+///   record was received with one relaxed atomic load per 8-byte word and
+///   validated afterwards against the shard's tail (sync point V in
+///   FORMAT.md). A record the producer overwrote during the copy is never
+///   delivered: the reader skips to the oldest retained record and counts
+///   the loss ([`Sample::lost_before`]). Reading bytes in place that another
+///   process may be writing would be a data race (undefined behaviour in
+///   Rust's memory model, seqlock or not), so lossy readers never get a view
+///   of shared memory.
 pub struct Sample<'r> {
     reader: &'r mut Reader,
     shard: usize,
     head: Head,
+    /// Whether the payload is `reader.copy` (lossy) rather than in place.
+    copied: bool,
 }
 
 impl fmt::Debug for Sample<'_> {
@@ -556,9 +640,10 @@ impl fmt::Debug for Sample<'_> {
 }
 
 impl Sample<'_> {
-    /// The record's bytes, in place.
+    /// The record's bytes: in place for a gated reader, a validated copy
+    /// for a lossy reader (see [`Sample`]).
     pub fn payload(&self) -> &[u8] {
-        self.reader.cursors[self.shard].payload(&self.head)
+        if self.copied { &self.reader.copy } else { self.reader.cursors[self.shard].payload(&self.head) }
     }
 
     pub fn kind(&self) -> u16 {
@@ -586,16 +671,17 @@ impl Sample<'_> {
         self.head.lost
     }
 
-    /// Whether the payload is still intact. A lossy reader should call it
-    /// after using the payload and discard what it derived if it returns
-    /// false. For a gated reader it is true as long as the reader still
-    /// holds its slot where it left it: false only if the producer judged
-    /// the reader dead and reaped its slot (then the next call of the
-    /// reader fails with [`RecvError::SlotLost`]).
+    /// Whether the payload is still intact. Always true for a lossy
+    /// reader's copy (validated before delivery, and private). For a gated
+    /// reader it is true as long as the reader still holds its slot where
+    /// it left it: false only if the producer judged the reader dead and
+    /// reaped its slot (then the next call of the reader fails with
+    /// [`RecvError::SlotLost`]).
     pub fn is_valid(&self) -> bool {
         let reader = &*self.reader;
         let cursor = &reader.cursors[self.shard];
         match &reader.slot {
+            _ if self.copied => true,
             Some(hold) if cursor.gated => reader.map.slots.holds(hold, self.shard),
             _ if reader.lost_slot.is_some() => false,
             _ => cursor.still_valid(&self.head),

@@ -20,15 +20,19 @@
 //!
 //! - `write_pos`: every record below it is committed. The writer makes a
 //!   batch of records visible with one `Release` store (**sync point P**);
-//!   readers `Acquire`-load it before touching any record below it.
+//!   readers load it (Relaxed, then an `Acquire` fence) before touching any
+//!   record below it.
 //! - `tail_pos`: the oldest position a lossy reader may still read. Before
 //!   overwriting the bytes of an earlier lap the writer moves the tail past
 //!   them and then issues a `Release` fence (**sync point T**). A lossy
-//!   reader copies nothing: it reads the record header (and the caller reads
-//!   the payload in place), then issues an `Acquire` fence and loads the tail
-//!   (**sync point V**). If any byte it read came from a newer lap, fence T
-//!   synchronises with fence V and the tail it loads is past the record: the
-//!   view is reported invalid (a seqlock, with the tail as the sequence).
+//!   reader reads the record header and copies the payload out, every word
+//!   with a Relaxed atomic load, then issues an `Acquire` fence and loads
+//!   the tail (**sync point V**). If any byte it read came from a newer lap,
+//!   fence T synchronises with fence V and the tail it loads is past the
+//!   record: the copy is discarded (a seqlock, with the tail as the
+//!   sequence). Only atomic loads touch bytes a writer may be overwriting,
+//!   so there is no data race in Rust's memory model; gated readers, whose
+//!   bytes nobody writes, get them in place.
 //!
 //! Gated (lossless) readers publish, per shard, the position below which
 //! they are done (a `Release` store, **sync point G**). Before the writer
@@ -70,9 +74,13 @@
 //! Every word that two parties may access at the same time (the positions, the
 //! counters, the record headers, the reader slots) is only ever accessed as an
 //! atomic, by every party (FORMAT.md states this for foreign readers). Payload
-//! bytes are plain memory: the writer only writes space that no reader may
-//! legitimately read (below the published tail and gates, above `write_pos`),
-//! and a lossy reader that raced with an overwrite is told so by sync point V.
+//! bytes are plain memory to the writer: it only writes space that no reader
+//! may legitimately read (below the published tail and gates, above
+//! `write_pos`); a lossy reader reads them only with atomic loads and learns
+//! at sync point V whether it raced with an overwrite. Loads from the
+//! read-only mapping of the `.ring` file are Relaxed (followed by an Acquire
+//! fence where they synchronise): the std docs allow only those on
+//! read-only memory.
 //! Every offset is checked against the mapping's length before it is used, so
 //! a corrupt file yields an error, never an out-of-bounds access.
 
@@ -85,8 +93,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::layout::{
-    KIND_PADDING, RECORD_HEADER, channel_header, reader_slot, readers_header, record_header, record_size,
-    shard_header, slot_state,
+    KIND_PADDING, MAX_POSITION, RECORD_ALIGN, RECORD_HEADER, channel_header, max_payload, reader_slot,
+    readers_header, record_header, record_size, shard_header, slot_state,
 };
 
 #[cfg(loom)]
@@ -266,19 +274,41 @@ impl Region {
         }
     }
 
-    /// Payload bytes `off..off + len`, read in place.
-    ///
-    /// For a lossy reader these bytes may be overwritten by a newer lap
-    /// while the slice is alive; callers must re-validate (sync point V)
-    /// after using them, which [`CursorCore::still_valid`] does.
+    /// Payload bytes `off..off + len`, read in place: only for a gated
+    /// reader, whose gate keeps the writer off them (see the caller,
+    /// [`CursorCore::payload`]).
     #[cfg(not(loom))]
     pub(crate) fn bytes(&self, off: usize, len: usize) -> &[u8] {
         assert!(off.checked_add(len).is_some_and(|end| end <= self.len));
         // SAFETY: in bounds (asserted); the mapping outlives the borrow of
-        // `self`. The bytes are shared with the producer process, which does
-        // not write them while a reader may legitimately read them (module
-        // docs); a lossy reader that lost that race learns it at sync point V.
+        // `self`. Nobody writes these bytes while the slice lives: the only
+        // caller hands them to a gated reader, whose published position
+        // (sync point G) is at or below them until the slice is gone, and
+        // the writer never writes space a live gated reader holds (§6.2 of
+        // FORMAT.md; it only reaps the slot of a holder judged dead).
+        // Lossy readers never get such a slice: they copy (`copy_words`).
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(self.offset + off), len) }
+    }
+
+    /// Copies bytes `off..off + len` into `dst` (replacing its contents)
+    /// with one Relaxed atomic load per 8-byte word, `off` being a multiple
+    /// of 8 and the words covering `off..off + len` lying inside the region.
+    /// The sound way to read bytes a writer may be overwriting: the result
+    /// may be torn, and the caller must validate it afterwards (sync point
+    /// V) before trusting any of it.
+    #[cfg(not(loom))]
+    pub(crate) fn copy_words(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
+        dst.clear();
+        dst.reserve(len);
+        let mut word = off;
+        while dst.len() < len {
+            // Relaxed: the whole copy is validated afterwards (sync point V,
+            // whose Acquire fence orders these loads before the tail load).
+            let bytes = self.u64_at(word).load(Ordering::Relaxed).to_le_bytes();
+            let take = (len - dst.len()).min(8);
+            dst.extend_from_slice(&bytes[..take]);
+            word += 8;
+        }
     }
 }
 
@@ -346,6 +376,14 @@ pub(crate) fn pid_exists(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// The effective user id of this process: the owner of the files it
+/// creates, and a producer whose files a reader trusts.
+#[cfg(not(loom))]
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process of the
 /// host, so heartbeats written by one process can be aged by another.
 #[cfg(not(loom))]
@@ -409,9 +447,13 @@ pub(crate) struct ChannelWords {
 
 impl ChannelWords {
     pub(crate) fn state(&self) -> u32 {
-        // Acquire pairs with `set_state`'s Release: a reader that sees ENDED
-        // also sees the final `write_pos` published before it.
-        self.channel.u32_at(channel_header::STATE).load(Ordering::Acquire)
+        // Relaxed + Acquire fence (an Acquire load in effect, but only
+        // Relaxed loads are blessed on a read-only mapping): pairs with
+        // `set_state`'s Release, so a reader that sees ENDED also sees the
+        // final `write_pos` published before it.
+        let state = self.channel.u32_at(channel_header::STATE).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        state
     }
 
     /// Refreshes the producer's heartbeat (the producer only).
@@ -446,8 +488,10 @@ impl ChannelWords {
     pub(crate) fn wait(&self, timeout: Duration, mut has_data: impl FnMut() -> bool) {
         let notify = self.channel.u32_at(channel_header::NOTIFY);
         let waiters = self.readers.u32_at(readers_header::WAITERS);
-        // Acquire pairs with the Release bump in `wake`.
-        let seen = notify.load(Ordering::Acquire);
+        // Relaxed + Acquire fence (as in `state`): pairs with the Release
+        // bump in `wake`.
+        let seen = notify.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if !has_data() {
@@ -672,9 +716,10 @@ impl Slots {
         shard: usize,
         shard_mem: &ShardMem,
     ) -> Result<u64, SlotLost> {
-        // Relaxed: ordered after the SeqCst fence in `activate` (sync point
-        // R), which is what the handshake needs.
-        let tail = shard_mem.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed);
+        // Relaxed (with an Acquire fence after it, see `load_tail`): ordered
+        // after the SeqCst fence in `activate` (sync point R), which is what
+        // the handshake needs. A corrupt value is caught by the cursor.
+        let tail = shard_mem.load_tail();
         let pos = hold.released[shard];
         if tail > pos {
             self.store_position(hold, shard, tail)?;
@@ -718,11 +763,11 @@ impl Slots {
         // introspection and liveness, which tolerate stale values.
         if received != 0 {
             let w = self.word64(slot, reader_slot::RECEIVED);
-            w.store(w.load(Ordering::Relaxed) + received, Ordering::Relaxed);
+            w.store(w.load(Ordering::Relaxed).wrapping_add(received), Ordering::Relaxed);
         }
         if lost != 0 {
             let w = self.word64(slot, reader_slot::LOST);
-            w.store(w.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
+            w.store(w.load(Ordering::Relaxed).wrapping_add(lost), Ordering::Relaxed);
         }
         self.word64(slot, reader_slot::HEARTBEAT_NS).store(now_ns, Ordering::Relaxed);
         Ok(())
@@ -805,6 +850,22 @@ impl Slots {
 // Shards
 // ---------------------------------------------------------------------------
 
+/// Checks a position read from a file: a record boundary (a multiple of
+/// [`RECORD_ALIGN`]) no larger than [`MAX_POSITION`], so that reading a
+/// header there stays aligned and stepping over a record cannot overflow.
+pub(crate) fn check_position(field: &str, pos: u64) -> Result<(), Corrupt> {
+    if pos % RECORD_ALIGN != 0 {
+        return Err(Corrupt { pos, what: format!("{field} {pos} is not a multiple of {RECORD_ALIGN}") });
+    }
+    if pos > MAX_POSITION {
+        return Err(Corrupt {
+            pos,
+            what: format!("{field} {pos} exceeds the largest position {MAX_POSITION}"),
+        });
+    }
+    Ok(())
+}
+
 /// One shard: its header page and its data ring.
 #[derive(Clone, Debug)]
 pub(crate) struct ShardMem {
@@ -820,7 +881,7 @@ pub(crate) struct ShardCounters {
     pub(crate) tail_pos: u64,
     pub(crate) records_written: u64,
     pub(crate) bytes_written: u64,
-    pub(crate) last_record_pos: u64,
+    pub(crate) payload_bytes: u64,
     pub(crate) full_count: u64,
     pub(crate) publish_count: u64,
     pub(crate) start_over_count: u64,
@@ -836,34 +897,79 @@ impl ShardMem {
         self.data.u64_at((pos & self.mask()) as usize + field)
     }
 
-    /// Acquire-loads `write_pos` (sync point P, reader side).
+    /// Loads `write_pos` (sync point P, reader side): a Relaxed load and an
+    /// Acquire fence, which synchronises exactly like an Acquire load (the
+    /// fence pairs with the writer's Release store in `publish`) and, unlike
+    /// one, is blessed by the std docs on a read-only mapping.
     pub(crate) fn write_pos(&self) -> u64 {
-        self.header.u64_at(shard_header::WRITE_POS).load(Ordering::Acquire)
+        let write_pos = self.header.u64_at(shard_header::WRITE_POS).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        write_pos
     }
 
-    /// The tail, for choosing a start position (no validation relies on it).
-    pub(crate) fn tail_pos(&self) -> u64 {
-        // Relaxed: only picks a start position; the records there are read
-        // after an Acquire load of `write_pos` (sync point P) covers them.
-        self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed)
+    /// Loads `tail_pos`, unchecked. Relaxed plus an Acquire fence: pairs
+    /// with the writer's Release store of the tail (sync point T), so a
+    /// `write_pos` loaded afterwards is at least the one published before
+    /// that tail, which the tail never passes.
+    fn load_tail(&self) -> u64 {
+        let tail = self.header.u64_at(shard_header::TAIL_POS).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        tail
+    }
+
+    /// The tail, for choosing a start position or resuming after a lap,
+    /// checked to be a record boundary (a multiple of 8). That it is not
+    /// beyond `write_pos` the cursor checks with its next `write_pos` load
+    /// (`CursorCore::fetch_data`).
+    pub(crate) fn tail_pos(&self) -> Result<u64, Corrupt> {
+        let tail = self.load_tail();
+        check_position("tail_pos", tail)?;
+        Ok(tail)
+    }
+
+    /// `write_pos` (sync point P), checked to be a possible position.
+    /// `at` names where the caller stands, for the error.
+    fn checked_write_pos(&self, at: u64) -> Result<u64, Corrupt> {
+        let write_pos = self.write_pos();
+        check_position("write_pos", write_pos).map_err(|c| Corrupt { pos: at, ..c })?;
+        Ok(write_pos)
     }
 
     /// The published end and the sequence number of the record that will
     /// start there, for a reader that starts at the end. The two words are
     /// stored separately, so a publish racing this call can make the
     /// sequence number run ahead by that batch (never behind): `write_pos`
-    /// is loaded first with Acquire (sync point P), which makes the
-    /// `records_written` stored before it visible.
-    pub(crate) fn end_snapshot(&self) -> (u64, u64) {
-        let write_pos = self.write_pos();
-        // Relaxed: ordered after the Acquire load above.
+    /// is loaded first (sync point P), which makes the `records_written`
+    /// stored before it visible.
+    pub(crate) fn end_snapshot(&self) -> Result<(u64, u64), Corrupt> {
+        let write_pos = self.checked_write_pos(0)?;
+        // Relaxed: ordered after the Acquire fence in `write_pos`.
         let seq = self.header.u64_at(shard_header::RECORDS_WRITTEN).load(Ordering::Relaxed);
-        (write_pos, seq)
+        Ok((write_pos, seq))
     }
 
+    /// Where a reader starting at the newest published record starts, and
+    /// the sequence number expected there (`u64::MAX`: learn it from the
+    /// record): `last_record_pos` when it lies in `tail_pos..write_pos`,
+    /// else the end.
+    pub(crate) fn latest_start(&self) -> Result<(u64, u64), Corrupt> {
+        let tail = self.tail_pos()?;
+        // Relaxed: a hint, checked against the tail and `write_pos` loaded
+        // after it (a stale value outside that range is ignored).
+        let last = self.header.u64_at(shard_header::LAST_RECORD_POS).load(Ordering::Relaxed);
+        let (write_pos, seq) = self.end_snapshot()?;
+        if last != u64::MAX && last >= tail && last < write_pos {
+            check_position("last_record_pos", last)?;
+            return Ok((last, u64::MAX));
+        }
+        Ok((write_pos, seq))
+    }
+
+    /// Every counter as found, unchecked: for introspection, which only
+    /// displays them.
     pub(crate) fn counters(&self) -> ShardCounters {
-        // Acquire on write_pos (sync point P); the rest are statistics
-        // stored before it, Relaxed.
+        // write_pos through the Acquire fence (sync point P); the rest are
+        // statistics stored before it, Relaxed.
         let write_pos = self.write_pos();
         let r = Ordering::Relaxed;
         ShardCounters {
@@ -871,7 +977,7 @@ impl ShardMem {
             tail_pos: self.header.u64_at(shard_header::TAIL_POS).load(r),
             records_written: self.header.u64_at(shard_header::RECORDS_WRITTEN).load(r),
             bytes_written: self.header.u64_at(shard_header::BYTES_WRITTEN).load(r),
-            last_record_pos: self.header.u64_at(shard_header::LAST_RECORD_POS).load(r),
+            payload_bytes: self.header.u64_at(shard_header::PAYLOAD_BYTES).load(r),
             full_count: self.header.u64_at(shard_header::FULL_COUNT).load(r),
             publish_count: self.header.u64_at(shard_header::PUBLISH_COUNT).load(r),
             start_over_count: self.header.u64_at(shard_header::START_OVER_COUNT).load(r),
@@ -939,6 +1045,9 @@ pub(crate) struct WriterCore {
     seen_registrations: u64,
     next_seq: u64,
     bytes_committed: u64,
+    /// Of those, the bytes the producer counts as payload (all of a
+    /// record's bytes unless it said otherwise: `count_payload`).
+    payload_committed: u64,
     last_record_pos: u64,
     /// How far ahead of need the tail moves at once, so the SeqCst fence
     /// of the handshake is paid once per chunk, not once per record.
@@ -1000,6 +1109,7 @@ impl WriterCore {
             seen_registrations: u64::MAX,
             next_seq: 0,
             bytes_committed: 0,
+            payload_committed: 0,
             last_record_pos: u64::MAX,
             reclaim_chunk,
             is_dead,
@@ -1174,8 +1284,14 @@ impl WriterCore {
         self.pending = reserved.pos + record_size(len);
         self.next_seq += 1;
         self.bytes_committed += len;
+        self.payload_committed += len;
         self.last_record_pos = reserved.pos;
         seq
+    }
+
+    /// Counts `bytes` already committed as framing, not payload.
+    pub(crate) fn count_as_framing(&mut self, bytes: u64) {
+        self.payload_committed = self.payload_committed.saturating_sub(bytes);
     }
 
     /// Makes every committed record visible with one Release store (sync
@@ -1189,9 +1305,11 @@ impl WriterCore {
         let r = Ordering::Relaxed;
         h.u64_at(shard_header::RECORDS_WRITTEN).store(self.next_seq, r);
         h.u64_at(shard_header::BYTES_WRITTEN).store(self.bytes_committed, r);
+        h.u64_at(shard_header::PAYLOAD_BYTES).store(self.payload_committed, r);
         h.u64_at(shard_header::LAST_RECORD_POS).store(self.last_record_pos, r);
         let publishes = h.u64_at(shard_header::PUBLISH_COUNT);
-        publishes.store(publishes.load(r) + 1, r);
+        // Wrapping: a statistic, not worth a panic if the file was damaged.
+        publishes.store(publishes.load(r).wrapping_add(1), r);
         // Release: pairs with the readers' Acquire load in `ShardMem::write_pos`.
         h.u64_at(shard_header::WRITE_POS).store(self.pending, Ordering::Release);
         self.published = self.pending;
@@ -1231,6 +1349,19 @@ impl WriterCore {
     /// If the record would end beyond the claimed space or cross the end of
     /// the ring.
     pub(crate) fn commit_in_place(&mut self, len: u64, kind: u16, timestamp_ns: u64) -> u64 {
+        self.commit_in_place_counting(len, kind, timestamp_ns, len)
+    }
+
+    /// As [`WriterCore::commit_in_place`], counting `payload` of the
+    /// record's `len` bytes as payload (the rest is the producer's own
+    /// framing or unused room, such as the tail of a receive slot).
+    pub(crate) fn commit_in_place_counting(
+        &mut self,
+        len: u64,
+        kind: u16,
+        timestamp_ns: u64,
+        payload: u64,
+    ) -> u64 {
         let pos = self.pending;
         let size = record_size(len);
         assert!(
@@ -1242,7 +1373,9 @@ impl WriterCore {
             self.pending = pos + size;
             return self.next_seq;
         }
-        self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns)
+        let seq = self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns);
+        self.payload_committed = self.payload_committed - len + payload.min(len);
+        seq
     }
 
     /// The bytes at ring positions `pos..pos + len` (absolute) of the space
@@ -1339,8 +1472,9 @@ impl WriterCore {
     /// Bumps the shard-header statistic at `offset`.
     fn count(&self, offset: usize) {
         let w = self.shard.header.u64_at(offset);
-        // Relaxed: a statistic with a single writer.
-        w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // Relaxed: a statistic with a single writer. Wrapping: not worth a
+        // panic if the file was damaged.
+        w.store(w.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// While full: whether the reader that blocked us last time still holds
@@ -1506,8 +1640,12 @@ impl WriterCore {
             tail = next;
         }
         if tail > self.tail {
-            // Relaxed: ordered by the fence below.
-            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::Relaxed);
+            // Release: pairs with the Acquire fence after a reader's tail
+            // load (`ShardMem::load_tail`): a reader that sees this tail sees
+            // `write_pos` at least as far (the tail never passes it), which
+            // lets it treat a tail beyond `write_pos` as corrupt. The fence
+            // below orders it before the overwriting stores (sync point T).
+            self.shard.header.u64_at(shard_header::TAIL_POS).store(tail, Ordering::Release);
             self.tail = tail;
         }
         // One SeqCst fence serves two sync points. T: as a Release fence it
@@ -1598,13 +1736,28 @@ impl CursorCore {
     }
 
     /// Whether a record may be ready (cheap: only loads `write_pos` when the
-    /// cached value is used up).
+    /// cached value is used up). A corrupt `write_pos` counts as ready, so
+    /// that the caller's next `peek` reports it.
     pub(crate) fn has_data(&mut self) -> bool {
+        self.fetch_data().unwrap_or(true)
+    }
+
+    /// As `has_data`, with a checked `write_pos`: a possible position, and
+    /// not below ours (every position a cursor takes is at or below the
+    /// `write_pos` loaded after it).
+    fn fetch_data(&mut self) -> Result<bool, Corrupt> {
         if self.pos < self.cached_write {
-            return true;
+            return Ok(true);
         }
-        self.cached_write = self.shard.write_pos();
-        self.pos < self.cached_write
+        let write_pos = self.shard.checked_write_pos(self.pos)?;
+        if self.pos > write_pos {
+            return Err(Corrupt {
+                pos: self.pos,
+                what: format!("write_pos {write_pos} is below this position (from tail_pos or a record)"),
+            });
+        }
+        self.cached_write = write_pos;
+        Ok(self.pos < write_pos)
     }
 
     /// Sync point V for lossy cursors: true when nothing at or after `pos`
@@ -1621,7 +1774,10 @@ impl CursorCore {
     pub(crate) fn peek(&mut self) -> Result<Option<Head>, Corrupt> {
         let cap = self.shard.capacity;
         loop {
-            if !self.has_data() {
+            // A start taken from a corrupt header field: never read a
+            // header there (it would be misaligned).
+            check_position("reader position", self.pos)?;
+            if !self.fetch_data()? {
                 return Ok(None);
             }
             let pos = self.pos;
@@ -1640,7 +1796,7 @@ impl CursorCore {
             if !self.gated && !self.intact_from(pos) {
                 // Lapped: resume at the oldest retained record. The loss is
                 // counted from the sequence numbers of the next record.
-                self.pos = self.shard.tail_pos();
+                self.pos = self.shard.tail_pos()?;
                 continue;
             }
             let len = lkf & 0xFFFF_FFFF;
@@ -1660,6 +1816,18 @@ impl CursorCore {
             if kind == KIND_PADDING {
                 self.pos = pos + record_size(len);
                 continue;
+            }
+            if len > max_payload(cap) {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("record length {len} exceeds the largest payload {}", max_payload(cap)),
+                });
+            }
+            if seq == u64::MAX {
+                return Err(Corrupt {
+                    pos,
+                    what: format!("sequence number {seq} leaves no room for the next"),
+                });
             }
             let lost = if self.next_seq == u64::MAX {
                 0
@@ -1687,7 +1855,7 @@ impl CursorCore {
         if let Some(head) = self.peek()? {
             self.next_seq = head.seq;
         } else {
-            let (write_pos, seq) = self.shard.end_snapshot();
+            let (write_pos, seq) = self.shard.end_snapshot()?;
             if self.pos == write_pos {
                 self.next_seq = seq;
             }
@@ -1702,11 +1870,25 @@ impl CursorCore {
         self.delivered_any = true;
     }
 
-    /// The payload of `head`, in place.
+    /// The payload of `head`, in place: for gated cursors only (the gate
+    /// keeps the writer off it). Lossy cursors use `copy_payload`.
     #[cfg(not(loom))]
     pub(crate) fn payload(&self, head: &Head) -> &[u8] {
+        debug_assert!(self.gated, "a lossy reader must copy the payload out");
         let off = (head.pos & self.shard.mask()) + RECORD_HEADER;
         self.shard.data.bytes(off as usize, head.len as usize)
+    }
+
+    /// Copies the payload of `head` into `dst` with Relaxed atomic loads,
+    /// then validates the copy (sync point V). `false`: the writer lapped
+    /// us while we copied, and `dst` holds garbage. `head.len` was checked
+    /// by `peek` against the room to the end of the ring (and the largest
+    /// payload), so the words copied lie inside this record.
+    #[cfg(not(loom))]
+    pub(crate) fn copy_payload(&self, head: &Head, dst: &mut Vec<u8>) -> bool {
+        let off = (head.pos & self.shard.mask()) + RECORD_HEADER;
+        self.shard.data.copy_words(off as usize, head.len as usize, dst);
+        self.still_valid(head)
     }
 
     /// Under loom the payload is modelled as 8-byte words.

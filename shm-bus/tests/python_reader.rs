@@ -472,3 +472,62 @@ fn python_reader_survives_being_lapped() {
     assert!(records > 0);
     eprintln!("python reader: {records} records, {lost} lost, {} written", written.iter().sum::<u64>());
 }
+
+/// FORMAT.md §6.9: between the two renames of a producer restart the new
+/// `.readers` (here with another shard count) sits next to the old `.ring`.
+/// The generation check comes before the geometry checks, so both readers
+/// retry until the new `.ring` arrives instead of calling the file corrupt.
+#[test]
+fn a_restart_between_its_two_renames_is_retried_not_corrupt() {
+    let (_dir, bus) = bus();
+    let (_next_dir, next_bus) = self::bus();
+    let opts =
+        |shards| ChannelOptions { shards, capacity: 4096, reader_slots: 2, mode: 0o600, hot_window: 0 };
+    drop(Producer::create(&bus, "restart", opts(2)).unwrap());
+    let next = Producer::create(&next_bus, "restart", opts(1)).unwrap();
+    next.shard(0).unwrap().send(1, b"new generation").unwrap();
+    // The restart's first rename: the new .readers, the old .ring stays.
+    std::fs::rename(next_bus.readers_path("restart"), bus.readers_path("restart")).unwrap();
+    let python = python_command(&bus, "restart", &["--settle-ms", "10000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| python_missing(e));
+    let rust = std::thread::spawn({
+        let bus = bus.clone();
+        move || {
+            shm_bus::Reader::attach(&bus, "restart", shm_bus::ReaderOptions::lossy()).map(|r| r.shard_count())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The second rename.
+    std::fs::rename(next_bus.ring_path("restart"), bus.ring_path("restart")).unwrap();
+    assert_eq!(rust.join().unwrap().expect("the Rust reader retried"), 1);
+    let lines = stdout_lines(&python.wait_with_output().unwrap());
+    assert_eq!(field_u64(&lines[0], "generation"), next.generation());
+    assert_eq!(field(&lines[1], "payload_hex"), hex(b"new generation"));
+}
+
+/// FORMAT.md §6.3: a record longer than the largest payload (`capacity/2 -
+/// 32`) is corrupt even when it fits before the end of the ring; the copy
+/// is bounded by that maximum too.
+#[test]
+fn a_record_longer_than_the_largest_payload_is_corrupt() {
+    let (_dir, bus) = bus();
+    let capacity = 8192;
+    let opts = ChannelOptions { shards: 1, capacity, reader_slots: 2, mode: 0o600, hot_window: 0 };
+    let producer = Producer::create(&bus, "long", opts).unwrap();
+    producer.shard(0).unwrap().send(1, &[7u8; 8]).unwrap();
+    assert_eq!(stdout_lines(&run_python(&bus, "long", &[])).len(), 2);
+    // The record at position 0: its length word, kind 1.
+    let too_long = max_payload(capacity) + 8;
+    let lkf = too_long | (1 << 32);
+    let file = std::fs::OpenOptions::new().write(true).open(bus.ring_path("long")).unwrap();
+    file.write_all_at(&lkf.to_le_bytes(), 4096 + 4096 + 8).unwrap();
+    let out = run_python(&bus, "long", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("exceeds the largest payload"), "{stderr}");
+    // The channel line, and no record.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}

@@ -54,8 +54,13 @@ pub fn run(args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
     let listings = second.as_deref().unwrap_or(&first);
     let rates = Rates::between(&first, listings, first_at.elapsed());
 
-    let mut table =
-        Table::new(&["CHANNEL", "PRODUCER", "STATE", "RECORDS", "RECORDS/S", "BYTES", "BYTES/S"], 3);
+    // RING BYTES: what the records take of the rings; PAYLOAD: what the
+    // producer counts as payload in them (a packet group received by
+    // io_uring fills whole receive slots, however short its packets).
+    let mut table = Table::new(
+        &["CHANNEL", "PRODUCER", "STATE", "RECORDS", "RECORDS/S", "RING BYTES", "PAYLOAD", "RING BYTES/S"],
+        3,
+    );
     for info in listings.iter().filter_map(|l| l.info.as_ref().ok()) {
         let (records_per_s, bytes_per_s) = rates.of(info);
         table.push(vec![
@@ -65,6 +70,7 @@ pub fn run(args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
             info.records_written().to_string(),
             human::count(records_per_s),
             human::bytes(info.bytes_written() as f64),
+            human::bytes(info.payload_bytes() as f64),
             format!("{}/s", human::bytes(bytes_per_s)),
         ]);
     }

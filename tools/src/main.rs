@@ -95,7 +95,7 @@ impl Cli {
     fn dispatch(self) -> anyhow::Result<()> {
         let Self { bus, command } = self;
         // The flag wins over the environment; `run` also weighs its config file.
-        let bus_dir = || bus.clone().map_or_else(BusDir::from_env, BusDir::new);
+        let bus_dir = || bus.clone().map_or_else(BusDir::from_env, |dir| BusDir::new(dir).trust_from_env());
         match command {
             Command::Run(args) => run::run(args, bus.as_deref()),
             Command::Demo(args) => demo::run(args, &bus_dir()),

@@ -50,7 +50,9 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         bail!("{file}: no stages: add a [[tcp_server]] or [[tcp_client]] table (see --print-default-config)");
     }
     // `--bus`, then the file's [bus] dir, then $RINGEST_BUS or the default.
-    let bus = bus_flag.or(config.bus.dir.as_deref()).map_or_else(BusDir::from_env, BusDir::new);
+    let bus = bus_flag
+        .or(config.bus.dir.as_deref())
+        .map_or_else(BusDir::from_env, |dir| BusDir::new(dir).trust_from_env());
     let servers: Vec<(String, String, Executors)> = config
         .tcp_server
         .iter()

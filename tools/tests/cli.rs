@@ -75,6 +75,8 @@ fn run_prints_the_stages_and_their_channels_and_ls_lists_them() {
     let _collector = Collector::attach(&t.bus, "lidar");
 
     let listing = stdout_of(ringest(&t.bus), &["ls"]);
+    let header = listing.lines().next().unwrap_or_default();
+    assert!(header.contains("RING BYTES") && header.contains("PAYLOAD"), "{header}");
     for channel in ["lidar/packet_group", "lidar/connection_events", "lidar/socket_stats"] {
         let row = listing.lines().find(|l| l.starts_with(channel)).unwrap_or_else(|| panic!("{listing}"));
         assert!(row.contains(&format!("pid {} alive", daemon.pid())), "{row}");

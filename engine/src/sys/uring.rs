@@ -85,7 +85,7 @@ impl ReceiveRing {
             .setup_defer_taskrun()
             .setup_taskrun_flag()
             .setup_single_issuer()
-            .setup_cqsize(u32::from(entries).max(256) * 4)
+            .setup_cqsize(completion_queue_size(entries))
             .build(256)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -308,13 +308,14 @@ fn retry_enter(mut enter: impl FnMut() -> io::Result<usize>) -> io::Result<()> {
 }
 
 /// Whether this kernel and process can run the io_uring receive path: sets
-/// up (and drops) a small ring with a buffer ring.
+/// up (and drops) a ring with a buffer ring of `entries`, the size the
+/// executors will ask for, so that what fails there fails here, loudly.
 ///
 /// It runs on a thread of its own: closing a ring sends task work to the
 /// thread that created it, which would interrupt a blocking call with a
 /// timeout (`EINTR`) on the caller's thread.
-pub(crate) fn probe() -> io::Result<()> {
-    std::thread::spawn(|| ReceiveRing::new(4).map(drop))
+pub(crate) fn probe(entries: u16) -> io::Result<()> {
+    std::thread::spawn(move || ReceiveRing::new(entries).map(drop))
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe panicked")))
 }
@@ -324,6 +325,20 @@ fn page_size() -> usize {
     // SAFETY: sysconf has no memory preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).unwrap_or(4096).max(4096)
+}
+
+/// The kernel's largest completion queue (`IORING_MAX_CQ_ENTRIES`): a
+/// larger `IORING_SETUP_CQSIZE` fails with EINVAL unless the ring is set up
+/// with `IORING_SETUP_CLAMP`.
+const MAX_COMPLETION_QUEUE: u32 = 65_536;
+
+/// Four completions per buffer (and at least 1024), within the kernel's
+/// limit: the kernel holds at most `entries` buffers at once, so even the
+/// limit (two per buffer at 32768 buffers) leaves room for the accept and
+/// cancel completions; an overflow would not lose any either (the kernel
+/// keeps them, IORING_FEAT_NODROP, until the ring has room).
+fn completion_queue_size(entries: u16) -> u32 {
+    (u32::from(entries).max(256) * 4).min(MAX_COMPLETION_QUEUE)
 }
 
 /// Multishot recv arrived in Linux 6.0 (older kernels accept the entry
@@ -421,8 +436,15 @@ impl ShardSlots {
     }
 
     /// Commits the record at the next record position (its slots filled).
-    pub(crate) fn commit_claimed(&mut self, len: usize, kind: u16, timestamp_ns: u64) -> u64 {
-        self.writer.commit_claimed(len, kind, timestamp_ns)
+    /// `payload_bytes`: the data of its packets, for introspection.
+    pub(crate) fn commit_claimed(
+        &mut self,
+        len: usize,
+        kind: u16,
+        timestamp_ns: u64,
+        payload_bytes: u64,
+    ) -> u64 {
+        self.writer.commit_claimed_counting(len, kind, timestamp_ns, payload_bytes)
     }
 
     pub(crate) fn commit_claimed_padding(&mut self, len: usize) {
@@ -431,5 +453,25 @@ impl ShardSlots {
 
     pub(crate) fn publish(&mut self) {
         self.writer.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest buffer ring (32768 buffers: a 4 GiB packet ring with
+    /// 16 KiB slots, or 1 GiB with 4 KiB) asked for a completion queue of
+    /// 131072, which the kernel refuses without IORING_SETUP_CLAMP: the
+    /// stage silently fell back to the read path.
+    #[test]
+    fn the_largest_buffer_ring_gets_a_completion_queue_the_kernel_accepts() {
+        assert_eq!(completion_queue_size(1 << 15), MAX_COMPLETION_QUEUE);
+        assert_eq!(completion_queue_size(4), 1024);
+        for entries in [1u16 << 14, 1 << 15] {
+            if let Err(e) = ReceiveRing::new(entries) {
+                panic!("a receive ring of {entries} buffers: {e}");
+            }
+        }
     }
 }

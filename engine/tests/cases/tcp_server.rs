@@ -564,3 +564,27 @@ fn thread_priority_runs_executors_under_sched_fifo_when_allowed() {
     }
     engine.stop().unwrap();
 }
+
+/// A packet group received by io_uring fills whole receive slots, one on
+/// the read path holds packet headers: on both the shard header counts the
+/// packets' data as payload beside the record bytes, so that `ringest ls`
+/// can show both.
+#[test]
+fn packet_groups_count_their_data_as_payload() {
+    let t = bus();
+    let (engine, addr) = start(&t.bus, server_config("payload"));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.write_all(&[7u8; 5000]).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let info = loop {
+        let info = shm_bus::channel_info(&t.bus, "payload/packet_group").unwrap();
+        if info.payload_bytes() >= 5000 {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "payload bytes: {}", info.payload_bytes());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(info.payload_bytes(), 5000);
+    assert!(info.bytes_written() > info.payload_bytes(), "{} ring bytes", info.bytes_written());
+    engine.stop().unwrap();
+}

@@ -101,7 +101,6 @@ impl StageRecorder {
             connections: HashMap::new(),
             locals: HashMap::new(),
             attached_ns: self.attached_ns,
-            scratch: Vec::new(),
             warned: false,
         };
         for (source, kind) in [
@@ -167,9 +166,6 @@ struct StageLog {
     locals: HashMap<u64, SocketAddr>,
     /// Control records of earlier times are history: not logged.
     attached_ns: u64,
-    /// A lossy reader's copy of a group, taken before the producer may
-    /// overwrite it.
-    scratch: Vec<u8>,
     /// Whether an undecodable record was reported.
     warned: bool,
 }
@@ -177,25 +173,16 @@ struct StageLog {
 impl StageLog {
     /// Handles the next event of the packet channel, waiting up to [`POLL`].
     fn poll_packets(&mut self, packets: &mut Source, events: Option<&mut Source>) -> anyhow::Result<()> {
-        // A gated reader's records cannot change under it: write straight
-        // from shared memory.
-        let copy = !packets.reader.is_gated();
         match packets.reader.recv_timeout(POLL)? {
             Some(Event::Record(sample)) => {
                 let (lost, publish_time) = (sample.lost_before(), sample.timestamp_ns());
-                let mut scratch = std::mem::take(&mut self.scratch);
-                let group = if copy {
-                    scratch.clear();
-                    scratch.extend_from_slice(sample.payload());
-                    sample.is_valid().then_some(scratch.as_slice())
-                } else {
-                    Some(sample.payload())
-                };
-                match group {
+                // A lossy reader's payload is a copy shm-bus validated before
+                // delivery; a gated reader's cannot change under it (invalid
+                // only if its slot was reaped): write either straight out.
+                match sample.is_valid().then(|| sample.payload()) {
                     Some(group) => self.write_group(group, publish_time, lost, events)?,
                     None => lock(&self.writer).count_lost(lost + 1),
                 }
-                self.scratch = scratch;
             }
             // Connection ids start again with the new producer.
             Some(Event::Restarted { .. }) => self.connections.clear(),
