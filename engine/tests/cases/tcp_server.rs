@@ -300,9 +300,7 @@ fn connections_over_the_maximum_are_rejected_and_counted() {
     let b = TcpStream::connect(addr).unwrap();
     events.until("two connections", |e| e.len() >= 2);
     let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut buf = [0u8; 1];
-    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)), "the third connection is closed at once");
+    assert_closed_by_the_server(&mut c, "the third connection");
     events.until("the rejection", |e| {
         e.iter()
             .any(|ev| matches!(ev, ConnectionEvent::Disconnected { reason: DisconnectReason::Rejected, .. }))
@@ -393,9 +391,19 @@ fn stop_closes_connections_and_ends_the_channels() {
             .any(|ev| matches!(ev, ConnectionEvent::Disconnected { reason: DisconnectReason::Shutdown, .. }))
     });
     collector.until("end of stream", |c| c.ended);
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_closed_by_the_server(&mut client, "the connection at the stop");
+}
+
+/// Waits (up to [`DEADLINE`]) for the server to close `stream`: an end of
+/// stream or a reset, not a read that times out on a socket left open.
+fn assert_closed_by_the_server(stream: &mut TcpStream, what: &str) {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut buf = [0u8; 1];
-    assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)), "connection closed by the stop");
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("{what} was not closed by the server: {other:?}"),
+    }
 }
 
 /// Publishes egress records the way any process would: it owns
@@ -521,14 +529,37 @@ fn a_paused_lossless_reader_pushes_back_on_senders_and_loses_nothing() {
     let (engine, addr) = start(&t.bus, config);
     let mut collector = Collector::attach(&t.bus, "pause");
     let data = random_bytes(42, 16 << 20);
-    let (local, writer) = send_in_background(addr, data.clone(), 42, 32 << 10);
+    // A sender with a small send buffer that counts what it has written.
+    let sender = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sender.set_send_buffer_size(64 << 10).unwrap();
+    sender.connect(&addr.into()).unwrap();
+    let mut sender: TcpStream = sender.into();
+    let local = sender.local_addr().unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = std::thread::spawn({
+        let (data, written) = (data.clone(), written.clone());
+        move || {
+            for chunk in data.chunks(32 << 10) {
+                sender.write_all(chunk).unwrap();
+                written.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
     // The collector reads nothing: the ring fills, the stage stops reading,
-    // and TCP flow control stops the sender well short of its 16 MiB.
+    // and TCP flow control stops the sender once the ring and both socket
+    // buffers are full (1 MiB + 2 x 128 KiB: the kernel doubles the sizes
+    // asked for), well short of its 16 MiB.
     eventually("a backpressure stall", || {
         engine.stats("pause").is_some_and(|s| s.stage.backpressure_stalls > 0)
     });
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!writer.is_finished(), "the sender was not pushed back");
+    let mut progress = (usize::MAX, 0);
+    eventually("the sender to stop making progress", || {
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        progress = if now == progress.0 { (now, progress.1 + 1) } else { (now, 0) };
+        progress.1 >= 10
+    });
+    let held = written.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(held <= 2 << 20, "the sender was not pushed back: it wrote {held} bytes while nothing was read");
     collector.until("every byte after resuming", |c| c.received_from(local).len() >= data.len());
     assert!(collector.received_from(local) == data.as_slice(), "bytes lost or reordered under backpressure");
     writer.join().unwrap();
@@ -634,6 +665,29 @@ fn socket_stats_are_published_every_second() {
         _ => ReceivePath::IoUringMultishot,
     };
     assert_eq!(stats.receive_path, path, "the stats name the path that runs");
+    // The next records come a second apart, each covering its second. The
+    // executors report after sleeping a second, so a late wake-up delays
+    // one record (a gap above a second) and may shorten the next gap by as
+    // much: 200 ms each way allows for a loaded 2-core machine, and a gap
+    // of 1.5 s would be the stats thread publishing without every report.
+    let mut previous = stats.time_ns;
+    for _ in 0..3 {
+        let record: engine::records::SocketStats = match stats_reader.recv_timeout(DEADLINE).unwrap() {
+            Some(shm_bus::Event::Record(s)) => engine::records::decode(s.payload()).unwrap(),
+            other => panic!("no stats record: {other:?}"),
+        };
+        let gap = Duration::from_nanos(record.time_ns - previous);
+        assert!(
+            (Duration::from_millis(800)..Duration::from_millis(1200)).contains(&gap),
+            "stats records {gap:?} apart"
+        );
+        let interval = Duration::from_nanos(record.interval_ns);
+        assert!(
+            interval.abs_diff(gap) < Duration::from_millis(20),
+            "interval {interval:?}, {gap:?} since the previous record"
+        );
+        previous = record.time_ns;
+    }
     engine.stop().unwrap();
 }
 
@@ -671,6 +725,13 @@ fn thread_priority_runs_executors_under_sched_fifo_when_allowed() {
     let fifo = policies.iter().filter(|&&(policy, _)| policy == SCHED_FIFO).count();
     let allowed =
         std::process::Command::new("chrt").args(["-f", "1", "true"]).status().is_ok_and(|s| s.success());
+    // Root (as in CI) must test the privileged path, not fall back silently.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let effective_uid =
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().nth(1);
+    if effective_uid == Some("0") {
+        assert!(allowed, "running as root, yet `chrt -f 1 true` failed (chrt missing, or no CAP_SYS_NICE)");
+    }
     if allowed {
         assert_eq!(fifo, 1, "{policies:?}");
         assert!(policies.contains(&(SCHED_FIFO, 7)), "{policies:?}");
