@@ -405,29 +405,38 @@ fn write_log(path: &Path, messages: &[(u64, u64, &[u8])]) {
 fn replay_listens_and_keeps_the_pace() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("paced.mcap");
-    // 400 ms of log: 200 ms at --speed 2.
-    write_log(&path, &[(1, 0, b"hello "), (2, 100, b"other "), (1, 300, b"world"), (2, 400, b"side")]);
+    // 4 s of log: 500 ms at --speed 8.
+    write_log(&path, &[(1, 0, b"hello "), (2, 1000, b"other "), (1, 3000, b"world"), (2, 4000, b"side")]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringest"));
-    command.args(["replay", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--speed", "2"]);
-    let started = Instant::now();
+    command.args(["replay", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--speed", "8"]);
     let mut replay = Background::spawn(command);
     let line = replay.line_starting("listening on ");
     let addr: SocketAddr = line["listening on ".len()..].parse().unwrap();
     // Connections are served in the order of their topics' first messages.
     let clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The pace starts with the first message; the first connection ends
+    // right after the last one.
+    let mut first_message_at = None;
     let received: Vec<Vec<u8>> = clients
         .into_iter()
         .map(|mut client| {
-            let mut data = Vec::new();
+            let mut data = vec![0];
+            client.read_exact(&mut data).unwrap();
+            first_message_at.get_or_insert_with(Instant::now);
             client.read_to_end(&mut data).unwrap();
             data
         })
         .collect();
+    let paced = first_message_at.unwrap().elapsed();
     let (status, summary) = replay.wait();
     assert!(status.success(), "{summary}");
     assert_eq!(received, [b"hello world".to_vec(), b"other side".to_vec()]);
     assert!(summary.starts_with("replayed 4 messages (21 B) on 2 connections"), "{summary}");
-    assert!(started.elapsed() >= Duration::from_millis(190), "{:?}: too fast", started.elapsed());
+    // 500 ms; ignoring --speed would take 4 s, applying it the wrong way
+    // 32 s. The upper bound leaves a second for a loaded machine.
+    let expected = Duration::from_millis(500);
+    assert!(paced >= expected - Duration::from_millis(10), "{paced:?}: faster than the log at --speed 8");
+    assert!(paced < expected + Duration::from_secs(1), "{paced:?}: slower than the log at --speed 8");
 }
 
 #[test]
