@@ -298,11 +298,15 @@ fn a_lossy_logger_that_falls_behind_reports_its_losses() {
     // Stopped, it falls more than a ring (4 MiB a shard) behind.
     logger.signal(rustix::process::Signal::STOP);
     const EACH: usize = 12 << 20;
-    let clients: Vec<_> =
-        sizes(&[EACH, EACH]).into_iter().zip(1..).map(|(data, seed)| send(addr, data, seed)).collect();
-    for (_, writer) in clients {
-        writer.join().unwrap();
-    }
+    let sent: Vec<(SocketAddr, Vec<u8>)> = sizes(&[EACH, EACH])
+        .into_iter()
+        .zip(1..)
+        .map(|(data, seed)| {
+            let (local, writer) = send(addr, data.clone(), seed);
+            writer.join().unwrap();
+            (local, data)
+        })
+        .collect();
     wait_disconnected(&t.bus, 2);
     logger.signal(rustix::process::Signal::CONT);
     engine.stop().unwrap();
@@ -315,6 +319,38 @@ fn a_lossy_logger_that_falls_behind_reports_its_losses() {
     assert_eq!(summary["error"], Value::Null, "{summary}");
     let logged: u64 = connections_by_peer(&summary).values().map(|(_, t)| t["bytes"].as_u64().unwrap()).sum();
     assert!(logged < 2 * EACH as u64, "{logged} bytes logged");
+    // What was logged is intact: every packet is the next piece of what its
+    // connection sent, after whatever was lost.
+    assert_eq!(logged_pieces_in_order(&out, &sent), logged);
+}
+
+/// Checks that each connection's packets in the log at `path` are pieces of
+/// what it sent (`sent`, by peer), in order, without overlaps; returns the
+/// bytes they hold.
+fn logged_pieces_in_order(path: &Path, sent: &[(SocketAddr, Vec<u8>)]) -> u64 {
+    let file = std::fs::read(path).unwrap();
+    // Per peer: where the next packet may start at the earliest.
+    let mut next: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bytes = 0;
+    for message in mcap::MessageStream::new(&file).unwrap() {
+        let message = message.unwrap();
+        if !message.channel.topic.starts_with("ingest/packet_group/") {
+            continue;
+        }
+        let peer = &message.channel.metadata["peer"];
+        let (_, data) = sent.iter().find(|(p, _)| p.to_string() == *peer).expect("a peer that sent");
+        let from = next.entry(peer.clone()).or_default();
+        let piece = &message.data[..];
+        // The data is random: 16 bytes find the one place a piece can be.
+        let head = &piece[..piece.len().min(16)];
+        let at = data[*from..].windows(head.len()).position(|w| w == head).map(|i| *from + i).unwrap_or_else(
+            || panic!("{peer}: a packet of {} B is not in what was sent after {from}", piece.len()),
+        );
+        assert!(data[at..].starts_with(piece), "{peer}: the packet at {at} differs from what was sent");
+        *from = at + piece.len();
+        bytes += piece.len() as u64;
+    }
+    bytes
 }
 
 /// Waits until `connections` connections of the stage have closed: the
