@@ -165,7 +165,7 @@ fn mixed_readers_check_every_record(
         (attach(ReaderOptions::gated()), from_start(true)),
         (attach(ReaderOptions::gated().start(StartAt::Oldest)), from_start(true)),
         (attach(ReaderOptions::lossy()), from_start(false)),
-        // Slower than the gated readers: gets lapped while holding samples.
+        // Slower than the gated readers: may get lapped while holding samples.
         (
             attach(ReaderOptions::lossy()),
             StreamCheck::pausing(records, shards, 16, Duration::from_micros(300)),
