@@ -449,21 +449,30 @@ fn replay_listens_and_keeps_the_pace() {
     let line = replay.line_starting("listening on ");
     let addr: SocketAddr = line["listening on ".len()..].parse().unwrap();
     // Connections are served in the order of their topics' first messages.
-    let clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    // The pace starts with the first message; the first connection ends
-    // right after the last one.
+    let mut clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The pace starts with the first message and ends with "side". (The
+    // ends of the streams come in no particular order: replay waits for
+    // each client to close in turn.)
     let mut first_message_at = None;
-    let received: Vec<Vec<u8>> = clients
-        .into_iter()
-        .map(|mut client| {
-            let mut data = vec![0];
-            client.read_exact(&mut data).unwrap();
+    let mut received: Vec<Vec<u8>> = clients
+        .iter_mut()
+        .zip([b"hello world".len(), b"other side".len()])
+        .map(|(client, len)| {
+            let mut data = vec![0; len];
+            client.read_exact(&mut data[..1]).unwrap();
             first_message_at.get_or_insert_with(Instant::now);
-            client.read_to_end(&mut data).unwrap();
+            client.read_exact(&mut data[1..]).unwrap();
             data
         })
         .collect();
     let paced = first_message_at.unwrap().elapsed();
+    // Nothing more: the streams end once we are done with both.
+    for client in &clients {
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    for (client, data) in clients.iter_mut().zip(&mut received) {
+        client.read_to_end(data).unwrap();
+    }
     let (status, summary) = replay.wait();
     assert!(status.success(), "{summary}");
     assert_eq!(received, [b"hello world".to_vec(), b"other side".to_vec()]);
