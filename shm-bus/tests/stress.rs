@@ -129,8 +129,10 @@ fn write_all_shards_until<'s>(
             s.spawn(move || {
                 let mut digest = StreamDigest::default();
                 let (mut count, mut bytes) = (0u64, 0u64);
+                // Checked every 256 records: the channel's counters are read
+                // from its file.
                 while count < per_shard
-                    || (count % 256 != 0 || !both_seen()) && std::time::Instant::now() < deadline
+                    || ((count % 256 != 0 || !both_seen()) && std::time::Instant::now() < deadline)
                 {
                     let (seq, len) = write_next(&mut writer, &records, &mut digest);
                     count += 1;
