@@ -173,6 +173,18 @@ impl Consume for FloorConsumer {
 mod tests {
     use super::*;
 
+    /// Whether thread `tid` of this process is in `futex(word,
+    /// FUTEX_WAIT, ...)` (its `/proc/.../syscall`: number, then arguments).
+    fn asleep_in_futex_wait(tid: i32, word: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        const SYS_FUTEX: u32 = 202;
+        #[cfg(target_arch = "aarch64")]
+        const SYS_FUTEX: u32 = 98;
+        const FUTEX_WAIT: u32 = 0;
+        let syscall = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        syscall.starts_with(&format!("{SYS_FUTEX} {word:#x} {FUTEX_WAIT:#x} "))
+    }
+
     /// Every record arrives, in order, at a reader that sleeps between them.
     #[test]
     fn a_blocking_reader_gets_every_stamp_in_order() {
@@ -210,16 +222,26 @@ mod tests {
         let path = dir.path().join("floor");
         let mut publisher = FloorPublisher::create(&path).unwrap();
         let (done, woken) = std::sync::mpsc::channel();
+        let (started, sleepers) = std::sync::mpsc::channel();
         for _ in 0..4 {
             let mut consumer = FloorConsumer::open(&path).unwrap();
             consumer.wait_slice = Duration::from_secs(60);
-            let done = done.clone();
+            let (done, started) = (done.clone(), started.clone());
             std::thread::spawn(move || {
+                let word = consumer.shared.word() as *const AtomicU32 as usize;
+                started.send((rustix::thread::gettid().as_raw_nonzero().get(), word)).unwrap();
                 consumer.drain_blocking(&mut |_| {});
                 done.send(()).unwrap();
             });
         }
-        std::thread::sleep(Duration::from_millis(200)); // all four asleep
+        // A reader not yet asleep would find the record without a wake-up:
+        // wait until all four sleep in FUTEX_WAIT on their word.
+        let sleepers: Vec<(i32, usize)> = (0..4).map(|_| sleepers.recv().unwrap()).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !sleepers.iter().all(|&(tid, word)| asleep_in_futex_wait(tid, word)) {
+            assert!(std::time::Instant::now() < deadline, "the readers never went to sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut record = crate::record_template(64);
         Stamps { head: 0, tail: 0 }.write(&mut record);
         publisher.publish(&record);

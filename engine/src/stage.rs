@@ -144,12 +144,17 @@ struct StagePlan {
     heartbeat: Option<Duration>,
 }
 
+/// Bytes of a SocketStats record with `connections` connections:
+/// `164 + 114 k` (`RECORDS.md` §5; every field has a fixed width).
+fn stats_record_size(connections: u64) -> u64 {
+    164 + 114 * connections
+}
+
 /// The statistics ring: room for a few records with `max_connections`
-/// connections each (`164 + 114 k` bytes, `RECORDS.md` §5; a record may
-/// take at most half the ring), at least [`CONTROL_RING`].
+/// connections each (a record may take at most half the ring), at least
+/// [`CONTROL_RING`].
 fn stats_ring_size(max_connections: u64) -> u64 {
-    let record = 164 + 114 * max_connections;
-    (4 * record).next_power_of_two().clamp(CONTROL_RING, 1 << 30)
+    (4 * stats_record_size(max_connections)).next_power_of_two().clamp(CONTROL_RING, 1 << 30)
 }
 
 /// Probes the kernel for the io_uring receive path: `auto` picks it when it
@@ -289,12 +294,25 @@ fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records;
 
     #[test]
     fn the_stats_ring_holds_a_record_of_every_connection() {
         assert_eq!(stats_ring_size(1), CONTROL_RING);
-        for connections in [1024, 5000, 10_000, 1_000_000] {
-            let record = 164 + 114 * connections;
+        for connections in [0, 1, 2, 1024, 5000, 10_000, 100_000] {
+            // The encoder's own size, with every field at its largest.
+            let stats = SocketStats {
+                time_ns: u64::MAX,
+                interval_ns: u64::MAX,
+                receive_path: records::ReceivePath::IoUringMultishot,
+                stage: records::StageStats { open_connections: u64::MAX, ..Default::default() },
+                connections: vec![
+                    records::ConnectionStats { connection_id: u64::MAX, ..Default::default() };
+                    connections as usize
+                ],
+            };
+            let record = records::encode(&stats).len() as u64;
+            assert_eq!(stats_record_size(connections), record, "{connections} connections");
             let ring = stats_ring_size(connections);
             assert!(ring.is_power_of_two());
             assert!(shm_bus::layout::max_payload(ring) >= record, "{connections} connections");

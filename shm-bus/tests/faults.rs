@@ -114,7 +114,9 @@ fn sigkilled_gated_reader_holding_a_sample_stops_gating_within_a_second() {
     let recovered = killed.elapsed();
     reservation.unwrap_or_else(|e| panic!("still gated {recovered:?} after SIGKILL: {e}")).commit(100, 1);
     eprintln!("the producer could reserve again {recovered:?} after SIGKILL of the gated reader");
-    assert!(recovered < Duration::from_millis(1500), "took {recovered:?}");
+    // Within a second, as named (it takes a few ms: the writer checks the
+    // holder's liveness on every retry while full).
+    assert!(recovered < Duration::from_secs(1), "took {recovered:?}");
     assert_killed(&mut holder);
 
     let info = channel_info(&bus, name).unwrap();
@@ -611,9 +613,8 @@ fn damaged_files_are_clear_attach_errors() {
     assert!(failures.is_empty(), "{} damaged channels mishandled:\n{}", failures.len(), failures.join("\n"));
 }
 
-/// A `.readers` file longer than its header says is reported as
-/// "truncated" (`check_readers_header`); the `.ring` file in the same
-/// situation is, rightly, corrupt.
+/// A `.readers` file longer than its header says is corrupt, as the
+/// `.ring` file in the same situation is, not "truncated".
 #[test]
 fn oversized_readers_file_is_corrupt_not_truncated() {
     let failures = check_cases(&[case(

@@ -400,27 +400,42 @@ fn python_reader_survives_being_lapped() {
         .unwrap_or_else(|e| python_missing(e));
     let stdout = child.stdout.take().unwrap();
     let (attached_tx, attached_rx) = std::sync::mpsc::channel();
-    let collector = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            if lines.is_empty() {
-                let _ = attached_tx.send(());
+    // Set once the reader has printed a record after a loss: it was lapped.
+    let lapped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = std::thread::spawn({
+        let lapped = lapped.clone();
+        move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                if lines.is_empty() {
+                    let _ = attached_tx.send(());
+                } else if field_opt(&line, "lost").is_some() {
+                    lapped.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                lines.push(line);
             }
-            lines.push(line.unwrap());
+            lines
         }
-        lines
     });
     let attached = attached_rx.recv_timeout(Duration::from_secs(30));
 
-    // One writer thread per shard, for a while, fast enough to lap.
-    let deadline = Instant::now() + Duration::from_millis(800);
+    // One writer thread per shard, fast enough to lap, for a while and at
+    // least until the reader reports a loss (or 30 s pass).
+    let started = Instant::now();
+    let writing = || {
+        let elapsed = started.elapsed();
+        elapsed < Duration::from_millis(800)
+            || (!lapped.load(std::sync::atomic::Ordering::Relaxed) && elapsed < Duration::from_secs(30))
+    };
     let written: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..2)
             .map(|shard| {
                 let mut w = producer.shard(shard).unwrap();
+                let writing = &writing;
                 scope.spawn(move || {
                     let mut seq = 0u64;
-                    while Instant::now() < deadline {
+                    while writing() {
                         assert_eq!(w.send(1, &payload(shard, seq, lap_len(seq))).unwrap(), seq);
                         seq += 1;
                         if seq % 32 == 0 {
@@ -471,6 +486,7 @@ fn python_reader_survives_being_lapped() {
     }
     assert!(records > 0);
     eprintln!("python reader: {records} records, {lost} lost, {} written", written.iter().sum::<u64>());
+    assert!(lost > 0, "the python reader was never lapped: {records} records read");
 }
 
 /// FORMAT.md §6.9: between the two renames of a producer restart the new

@@ -331,10 +331,29 @@ mod tests {
         let mut pacer = Pacer { speed: Some(10.0), origin: None };
         let start = Instant::now();
         pacer.wait_for(1_000_000_000).unwrap();
-        pacer.wait_for(1_500_000_000).unwrap(); // 0.5 s of log at 10x: 50 ms
+        pacer.wait_for(2_000_000_000).unwrap(); // 1 s of log at 10x: 100 ms
+        let first = start.elapsed();
+        pacer.wait_for(4_000_000_000).unwrap(); // 2 s more: 300 ms in all
+        let second = start.elapsed();
         pacer.wait_for(1_200_000_000).unwrap(); // already due
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(50) && elapsed < Duration::from_secs(2), "{elapsed:?}");
+        // Both sides bounded: ignoring the speed would take 1 s and 3 s,
+        // multiplying by it 10 s and 30 s. The upper bounds leave room
+        // for a loaded machine.
+        let slack = Duration::from_millis(400);
+        assert!(
+            first >= Duration::from_millis(100) && first < Duration::from_millis(100) + slack,
+            "{first:?}"
+        );
+        assert!(
+            second >= Duration::from_millis(300) && second < Duration::from_millis(300) + slack,
+            "{second:?}"
+        );
+        assert!(
+            elapsed - second < Duration::from_millis(50),
+            "a message already due waited {:?}",
+            elapsed - second
+        );
         let mut max = Pacer { speed: None, origin: None };
         max.wait_for(u64::MAX).unwrap();
     }

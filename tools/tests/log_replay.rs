@@ -312,11 +312,15 @@ fn a_lossy_logger_that_falls_behind_reports_its_losses() {
     // Stopped, it falls more than a ring (4 MiB a shard) behind.
     logger.signal(rustix::process::Signal::STOP);
     const EACH: usize = 12 << 20;
-    let clients: Vec<_> =
-        sizes(&[EACH, EACH]).into_iter().zip(1..).map(|(data, seed)| send(addr, data, seed)).collect();
-    for (_, writer) in clients {
-        writer.join().unwrap();
-    }
+    let sent: Vec<(SocketAddr, Vec<u8>)> = sizes(&[EACH, EACH])
+        .into_iter()
+        .zip(1..)
+        .map(|(data, seed)| {
+            let (local, writer) = send(addr, data.clone(), seed);
+            writer.join().unwrap();
+            (local, data)
+        })
+        .collect();
     wait_disconnected(&t.bus, 2);
     logger.signal(rustix::process::Signal::CONT);
     engine.stop().unwrap();
@@ -329,6 +333,38 @@ fn a_lossy_logger_that_falls_behind_reports_its_losses() {
     assert_eq!(summary["error"], Value::Null, "{summary}");
     let logged: u64 = connections_by_peer(&summary).values().map(|(_, t)| t["bytes"].as_u64().unwrap()).sum();
     assert!(logged < 2 * EACH as u64, "{logged} bytes logged");
+    // What was logged is intact: every packet is the next piece of what its
+    // connection sent, after whatever was lost.
+    assert_eq!(logged_pieces_in_order(&out, &sent), logged);
+}
+
+/// Checks that each connection's packets in the log at `path` are pieces of
+/// what it sent (`sent`, by peer), in order, without overlaps; returns the
+/// bytes they hold.
+fn logged_pieces_in_order(path: &Path, sent: &[(SocketAddr, Vec<u8>)]) -> u64 {
+    let file = std::fs::read(path).unwrap();
+    // Per peer: where the next packet may start at the earliest.
+    let mut next: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bytes = 0;
+    for message in mcap::MessageStream::new(&file).unwrap() {
+        let message = message.unwrap();
+        if !message.channel.topic.starts_with("ingest/packet_group/") {
+            continue;
+        }
+        let peer = &message.channel.metadata["peer"];
+        let (_, data) = sent.iter().find(|(p, _)| p.to_string() == *peer).expect("a peer that sent");
+        let from = next.entry(peer.clone()).or_default();
+        let piece = &message.data[..];
+        // The data is random: 16 bytes find the one place a piece can be.
+        let head = &piece[..piece.len().min(16)];
+        let at = data[*from..].windows(head.len()).position(|w| w == head).map(|i| *from + i).unwrap_or_else(
+            || panic!("{peer}: a packet of {} B is not in what was sent after {from}", piece.len()),
+        );
+        assert!(data[at..].starts_with(piece), "{peer}: the packet at {at} differs from what was sent");
+        *from = at + piece.len();
+        bytes += piece.len() as u64;
+    }
+    bytes
 }
 
 /// Waits until `connections` connections of the stage have closed: the
@@ -419,29 +455,47 @@ fn write_log(path: &Path, messages: &[(u64, u64, &[u8])]) {
 fn replay_listens_and_keeps_the_pace() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("paced.mcap");
-    // 400 ms of log: 200 ms at --speed 2.
-    write_log(&path, &[(1, 0, b"hello "), (2, 100, b"other "), (1, 300, b"world"), (2, 400, b"side")]);
+    // 4 s of log: 500 ms at --speed 8.
+    write_log(&path, &[(1, 0, b"hello "), (2, 1000, b"other "), (1, 3000, b"world"), (2, 4000, b"side")]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringest"));
-    command.args(["replay", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--speed", "2"]);
-    let started = Instant::now();
+    command.args(["replay", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--speed", "8"]);
     let mut replay = Background::spawn(command);
     let line = replay.line_starting("listening on ");
     let addr: SocketAddr = line["listening on ".len()..].parse().unwrap();
     // Connections are served in the order of their topics' first messages.
-    let clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    let received: Vec<Vec<u8>> = clients
-        .into_iter()
-        .map(|mut client| {
-            let mut data = Vec::new();
-            client.read_to_end(&mut data).unwrap();
+    let mut clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The pace starts with the first message and ends with "side". (The
+    // ends of the streams come in no particular order: replay waits for
+    // each client to close in turn.)
+    let mut first_message_at = None;
+    let mut received: Vec<Vec<u8>> = clients
+        .iter_mut()
+        .zip([b"hello world".len(), b"other side".len()])
+        .map(|(client, len)| {
+            let mut data = vec![0; len];
+            client.read_exact(&mut data[..1]).unwrap();
+            first_message_at.get_or_insert_with(Instant::now);
+            client.read_exact(&mut data[1..]).unwrap();
             data
         })
         .collect();
+    let paced = first_message_at.unwrap().elapsed();
+    // Nothing more: the streams end once we are done with both.
+    for client in &clients {
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    for (client, data) in clients.iter_mut().zip(&mut received) {
+        client.read_to_end(data).unwrap();
+    }
     let (status, summary) = replay.wait();
     assert!(status.success(), "{summary}");
     assert_eq!(received, [b"hello world".to_vec(), b"other side".to_vec()]);
     assert!(summary.starts_with("replayed 4 messages (21 B) on 2 connections"), "{summary}");
-    assert!(started.elapsed() >= Duration::from_millis(190), "{:?}: too fast", started.elapsed());
+    // 500 ms; ignoring --speed would take 4 s, applying it the wrong way
+    // 32 s. The upper bound leaves a second for a loaded machine.
+    let expected = Duration::from_millis(500);
+    assert!(paced >= expected - Duration::from_millis(10), "{paced:?}: faster than the log at --speed 8");
+    assert!(paced < expected + Duration::from_secs(1), "{paced:?}: slower than the log at --speed 8");
 }
 
 /// Writes an MCAP log as `ringest log` would: `connections` connection
