@@ -184,8 +184,11 @@ fn tail_count_counts_the_packets_it_prints() {
     assert!(output.status.success());
     let json = text(&output.stdout);
     let lines: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().all(|l| l["type"] == "packet"), "{json}");
-    assert_eq!(lines.len(), 5, "--count 5 printed {} packets", lines.len());
+    // A lossy tail of a stream at full speed may be lapped: its notices of
+    // lost records are printed but not counted.
+    assert!(lines.iter().all(|l| l["type"] == "packet" || l["type"] == "lost"), "{json}");
+    let packets = lines.iter().filter(|l| l["type"] == "packet").count();
+    assert_eq!(packets, 5, "--count 5 printed {packets} packets");
     loadgen.kill().unwrap();
     loadgen.wait().unwrap();
     assert!(daemon.stop().success());
