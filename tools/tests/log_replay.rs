@@ -99,17 +99,9 @@ impl Background {
     }
 
     /// Waits for the exit; returns the status and the last stdout line.
-    fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "still running; stdout: {:#?}", self.stdout);
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.stdout.extend(self.lines.iter());
-        (status, self.stdout.last().cloned().unwrap_or_default())
+    fn wait(self) -> (ExitStatus, String) {
+        let (status, stdout) = self.wait_all();
+        (status, stdout.last().cloned().unwrap_or_default())
     }
 }
 
