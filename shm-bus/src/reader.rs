@@ -316,13 +316,19 @@ impl Reader {
         self.slot.as_ref().map(|hold| hold.index as u32)
     }
 
-    /// Forgets a slot that is no longer ours without touching it again. A
-    /// lossy reader carries on without one (the slot only served
-    /// introspection and the writer's hot window: it validates every
-    /// record anyway and counts what it loses); a gated reader cannot keep
-    /// its promise and fails from now on.
+    /// Gives up a slot that is no longer ours where we left it. A lossy
+    /// reader carries on without one (the slot only served introspection
+    /// and the writer's hot window: it validates every record anyway and
+    /// counts what it loses); a gated reader cannot keep its promise and
+    /// fails from now on.
     fn lose_slot(&mut self) {
         let Some(hold) = self.slot.take() else { return };
+        // The only write: a swap of the whole owner word, which fails if the
+        // slot changed hands. It succeeds when someone else stored a
+        // position but the word is still ours: left GATED under our live
+        // pid, the slot would never be reaped and would hold a gate nobody
+        // moves.
+        self.map.slots.free(&hold, monotonic_ns());
         if hold.state() == slot_state::GATED {
             self.lost_slot = Some(hold.index);
         }
@@ -429,7 +435,21 @@ impl Reader {
             }
             let Some((shard, head)) = best else { return Ok(None) };
             let cursor = &self.cursors[shard];
-            if cursor.gated || self.copied == Some((shard, head.pos)) {
+            if cursor.gated {
+                // Trust the record only while our gate is where we left it
+                // (sync point V for gated readers, FORMAT.md §6.4): checked
+                // after reading its header, and also catching a position
+                // someone else stored while the owner word stayed ours.
+                if let Some(hold) = &self.slot
+                    && !self.map.slots.holds(hold, shard)
+                {
+                    let slot = hold.index;
+                    self.lose_slot();
+                    return Err(self.slot_lost_error(slot));
+                }
+                return Ok(Some((shard, head)));
+            }
+            if self.copied == Some((shard, head.pos)) {
                 return Ok(Some((shard, head)));
             }
             // A lossy reader's record may be overwritten at any moment: it
@@ -675,8 +695,8 @@ impl Sample<'_> {
     /// reader's copy (validated before delivery, and private). For a gated
     /// reader it is true as long as the reader still holds its slot where
     /// it left it: false only if the producer judged the reader dead and
-    /// reaped its slot (then the next call of the reader fails with
-    /// [`RecvError::SlotLost`]).
+    /// reaped its slot, or someone else stored a position in it (then the
+    /// next call of the reader fails with [`RecvError::SlotLost`]).
     pub fn is_valid(&self) -> bool {
         let reader = &*self.reader;
         let cursor = &reader.cursors[self.shard];
