@@ -243,7 +243,13 @@ fn register(
                 positions = settled;
                 break Some(hold);
             }
-            Err(_) => continue,
+            Err(_) => {
+                // A position swap failed with the owner word maybe still
+                // ours (see `Reader::lose_slot`): give the GATED slot back
+                // rather than leave it gating under our live pid.
+                slots.free(&hold, monotonic_ns());
+                continue;
+            }
         }
     };
     if hold.is_none() && opts.gated {
