@@ -35,7 +35,8 @@
 //!   bytes nobody writes, get them in place.
 //!
 //! Gated (lossless) readers publish, per shard, the position below which
-//! they are done (a `Release` store, **sync point G**). Before the writer
+//! they are done (a `Release` compare-and-swap against the position they
+//! stored last, **sync point G**: see [`SlotHold`] for why). Before the writer
 //! reuses space below a position it checks that no live gated reader is
 //! behind it, with `Acquire` loads that pair with G. The minimum is cached
 //! and only rescanned when it does not suffice or when a reader registered
@@ -48,6 +49,15 @@
 //! reader sees the new tail and starts at or after it. (Fences rather than
 //! `SeqCst` accesses: the guarantee is the same, and loom models fences
 //! exactly but treats `SeqCst` accesses as `AcqRel`.)
+//!
+//! A reader slot belongs to whoever's 64-bit owner word (state and claim
+//! epoch) is in it; every change of that word is a compare-and-swap of the
+//! whole word ([`Slots`]). A writer overwrites what a gated reader holds
+//! only after reaping its slot (judging its process dead) or after loading
+//! a position someone else stored there, and then fences (T): a gated
+//! reader checks, after reading each record header, that its slot still
+//! holds its position ([`Slots::holds`], an `Acquire` fence), so one that
+//! was misjudged dead fails instead of trusting overwritten bytes.
 //!
 //! A ring larger than the CPU cache is written and read from DRAM. With a
 //! hot window the writer cycles through the start of the ring while its
@@ -285,7 +295,11 @@ impl Region {
         // caller hands them to a gated reader, whose published position
         // (sync point G) is at or below them until the slice is gone, and
         // the writer never writes space a live gated reader holds (§6.2 of
-        // FORMAT.md; it only reaps the slot of a holder judged dead).
+        // FORMAT.md). It reaps only the slot of a holder judged dead, which
+        // a live one can be only in another pid namespace after 5 s without
+        // a heartbeat (and a gated reader beats while it reads or waits);
+        // such a reader's sample then reports `is_valid() == false` and
+        // its next call fails (see the module docs).
         // Lossy readers never get such a slice: they copy (`copy_words`).
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(self.offset + off), len) }
     }
