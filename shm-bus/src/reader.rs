@@ -45,8 +45,8 @@ pub struct ReaderOptions {
     /// not released, and reports Full instead. Should the producer ever
     /// judge the reader dead and reap its slot (only a reader in another
     /// pid namespace silent for [`crate::FOREIGN_HEARTBEAT_TIMEOUT`] can be
-    /// misjudged), the reader fails with [`RecvError::SlotLost`] rather
-    /// than turn lossy unnoticed. Lossy readers (the default)
+    /// misjudged), or someone else store a position in it, the reader
+    /// fails with [`RecvError::SlotLost`] rather than turn lossy unnoticed. Lossy readers (the default)
     /// never slow the producer; when lapped they skip to the oldest retained
     /// record and count what they lost. A lossy reader needs only read
     /// access to the channel's files: without write access to `.readers`
@@ -317,7 +317,8 @@ impl Reader {
 
     /// The reader slot this reader holds in the channel's `.readers` file
     /// (as in [`crate::ReaderInfo::slot`]); `None` for a lossy reader that
-    /// found none free.
+    /// found none free or may not write `.readers`, and for a reader that
+    /// lost its slot.
     pub fn slot(&self) -> Option<u32> {
         self.slot.as_ref().map(|hold| hold.index as u32)
     }
