@@ -631,8 +631,10 @@ impl Slots {
     pub(crate) fn try_claim(&self, slot: usize, seen: u64) -> Option<u64> {
         let claiming =
             slot_state::owner_word(slot_state::CLAIMING, slot_state::epoch_of(seen).wrapping_add(1));
-        // Acquire on success: we read nothing the previous holder wrote that
-        // matters, but this keeps our field stores below from moving up.
+        // Acquire on success: pairs with the Release swap (`free`, `reap`,
+        // `activate`) that stored `seen`; we read nothing the previous
+        // holder wrote that matters, but it keeps our field stores in
+        // `fill` from moving above the claim.
         self.owner_word(slot)
             .compare_exchange(seen, claiming, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
@@ -808,10 +810,13 @@ impl Slots {
     /// dead readers.
     pub(crate) fn reap(&self, slot: usize, seen: u64) -> bool {
         let free = slot_state::owner_word(slot_state::FREE, slot_state::epoch_of(seen));
-        // AcqRel: the writer rescans gates right after; its later SeqCst
-        // fence (sync point T) orders this swap before any overwrite, so a
-        // reaped reader that is in fact alive notices in `holds` before
-        // trusting a record.
+        // AcqRel. Acquire pairs with the holder's Release swap in
+        // `activate` (the identity judged was stored before it). Release
+        // pairs with the Acquire load of the owner word by a reader that
+        // then claims the slot (`owner`, `try_claim`). The writer rescans
+        // gates right after; its later SeqCst fence (sync point T) orders
+        // this swap before any overwrite, so a reaped reader that is in
+        // fact alive notices in `holds` before trusting a record.
         self.owner_word(slot).compare_exchange(seen, free, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
