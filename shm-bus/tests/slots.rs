@@ -175,6 +175,35 @@ fn gated_reader_whose_position_another_stored_fails_and_frees_its_slot() {
     }
 }
 
+/// The same for a registered lossy reader: it finds out when its next
+/// position swap fails, gives the slot back (left LOSSY under its live pid,
+/// the slot would never be reaped and its stale position would hold the
+/// writer's hot window down for good) and carries on without a slot,
+/// losing nothing.
+#[test]
+fn lossy_reader_whose_position_another_stored_frees_its_slot_and_carries_on() {
+    let (_dir, bus) = common::bus();
+    let name = "slots/moved-lossy";
+    let opts = ChannelOptions { capacity: 4096, reader_slots: 1, hot_window: 0, ..Default::default() };
+    let producer = Producer::create(&bus, name, opts).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, name, ReaderOptions::lossy()).unwrap();
+    assert_eq!(reader.slot(), Some(0));
+    for seq in 0..4 {
+        writer.write(1, &payload(seq)).unwrap();
+    }
+    writer.publish();
+    expect_record(&mut reader, 0);
+    poke_slot(&bus, name, 0, reader_slot::SHARDS, 2 * 136);
+    for seq in 1..4 {
+        expect_record(&mut reader, seq);
+    }
+    assert_eq!(reader.slot(), None);
+    let info = channel_info(&bus, name).unwrap();
+    assert!(info.readers.is_empty(), "the lost slot still holds a reader: {:?}", info.readers);
+    assert_eq!(reader.stats().lost, 0);
+}
+
 /// A reader that dies between claiming a slot and activating it leaves the
 /// slot CLAIMING. While the claim is recent (its heartbeat fresh) nobody
 /// takes it; once it is silent for the heartbeat timeout, the next reader
