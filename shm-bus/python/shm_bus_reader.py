@@ -44,6 +44,7 @@ import json
 import mmap
 import os
 import platform
+import stat
 import struct
 import sys
 import time
@@ -237,6 +238,8 @@ def _trusted_owners() -> tuple[set[int], set[int]]:
 
 
 def _check_owner(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path} is not trusted: not a regular file")
     uids, gids = _trusted_owners()
     if st.st_uid not in uids and st.st_gid not in gids:
         raise FormatError(
@@ -244,11 +247,12 @@ def _check_owner(path: str, st: os.stat_result) -> None:
         )
 
 
-def _check_readers(path: str, shards: int, slots: int, generation: int) -> bool:
+def _check_readers(path: str, ring_uid: int, shards: int, slots: int, generation: int) -> bool:
     """Checks 13..19; False to retry (another producer's file: a replacement
-    is under way). The generation is checked before the geometry: between
-    the two renames of a restart the new .readers sits next to the old .ring
-    and may have another shard count (FORMAT.md section 6.9)."""
+    is under way). The owner must be trusted and the .ring's (section 1). The
+    generation is checked before the geometry: between the two renames of a
+    restart the new .readers sits next to the old .ring and may have another
+    shard count (FORMAT.md section 6.9)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -256,7 +260,11 @@ def _check_readers(path: str, shards: int, slots: int, generation: int) -> bool:
     except OSError as e:
         raise _open_error(path, e) from None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        _check_owner(path, st)
+        if st.st_uid != ring_uid:
+            raise FormatError(f"{path} is not trusted: owned by uid {st.st_uid}, but its .ring by uid {ring_uid}")
+        size = st.st_size
         if size < READERS_HEADER_SIZE:
             raise FormatError(f"{path} is truncated: {size} bytes, its header says {READERS_HEADER_SIZE}")
         h = os.pread(fd, READERS_HEADER_SIZE, 0)
@@ -279,8 +287,10 @@ def _check_readers(path: str, shards: int, slots: int, generation: int) -> bool:
     ):
         raise FormatError(f"{path} is corrupt: readers header disagrees with the channel header")
     expected = READERS_HEADER_SIZE + slots * slot_size(shards)
-    if size != expected:
+    if size < expected:
         raise FormatError(f"{path} is truncated: {size} bytes, its header says {expected}")
+    if size > expected:
+        raise FormatError(f"{path} is corrupt: file is {size} bytes, its header says {expected}")
     return True
 
 
@@ -295,8 +305,9 @@ def _attach_once(bus: str, name: str) -> Channel | None:
         raise _open_error(ring_path, e) from None
     keep = False
     try:
-        _check_owner(ring_path, os.fstat(fd))
-        size = os.fstat(fd).st_size
+        ring_stat = os.fstat(fd)
+        _check_owner(ring_path, ring_stat)
+        size = ring_stat.st_size
         if size < PAGE:
             raise FormatError(f"{ring_path} is truncated: {size} bytes, expected at least {PAGE}")
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
@@ -305,7 +316,7 @@ def _attach_once(bus: str, name: str) -> Channel | None:
             _check_ring_header(ring_path, size, header)
             shards, slots = u32(header, CH_SHARD_COUNT), u32(header, CH_READER_SLOTS)
             generation = u64(header, CH_GENERATION)
-            if not _check_readers(readers_path, shards, slots, generation):
+            if not _check_readers(readers_path, ring_stat.st_uid, shards, slots, generation):
                 return None  # files of two producers: a replacement is under way
             ch = Channel(ring_path, fd, mm, header, generation)
             if ch.state() == STATE_REPLACED:

@@ -68,11 +68,13 @@ pub enum RecvError {
     /// A gated reader lost its reader slot: the producer judged its process
     /// dead (e.g. a reader in another pid namespace silent for
     /// [`crate::FOREIGN_HEARTBEAT_TIMEOUT`]) and reaped the slot, which
-    /// another reader may hold by now. Records this reader had not read
-    /// may have been overwritten, so it cannot stay lossless: it never
-    /// touches the slot again and fails every call; attach anew.
+    /// another reader may hold by now; or someone else stored a position
+    /// in it. Records this reader had not read may have been overwritten,
+    /// so it cannot stay lossless: it gives the slot up (a swap that fails
+    /// if the slot changed hands), never touches it otherwise and fails
+    /// every call; attach anew.
     #[error(
-        "gated reader of channel {name} lost its reader slot {slot} (judged dead and reaped): records may have been overwritten; attach again"
+        "gated reader of channel {name} lost its reader slot {slot} (judged dead and reaped, or its position moved by another): records may have been overwritten; attach again"
     )]
     SlotLost { name: String, slot: u32 },
     #[error("reattaching after a producer restart: {0}")]

@@ -65,7 +65,8 @@ pub mod slot_state {
     pub const FREE: u32 = 0;
     /// Being filled in by a reader that just claimed it.
     pub const CLAIMING: u32 = 1;
-    /// A lossy reader: visible to introspection, ignored by the producer.
+    /// A lossy reader: visible to introspection; the producer never waits
+    /// for it, but keeps its hot window from lapping it (FORMAT.md §6.1).
     pub const LOSSY: u32 = 2;
     /// A gated (lossless) reader: the producer never overwrites what it has
     /// not released.

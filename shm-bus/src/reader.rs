@@ -45,8 +45,8 @@ pub struct ReaderOptions {
     /// not released, and reports Full instead. Should the producer ever
     /// judge the reader dead and reap its slot (only a reader in another
     /// pid namespace silent for [`crate::FOREIGN_HEARTBEAT_TIMEOUT`] can be
-    /// misjudged), the reader fails with [`RecvError::SlotLost`] rather
-    /// than turn lossy unnoticed. Lossy readers (the default)
+    /// misjudged), or someone else store a position in it, the reader
+    /// fails with [`RecvError::SlotLost`] rather than turn lossy unnoticed. Lossy readers (the default)
     /// never slow the producer; when lapped they skip to the oldest retained
     /// record and count what they lost. A lossy reader needs only read
     /// access to the channel's files: without write access to `.readers`
@@ -243,7 +243,13 @@ fn register(
                 positions = settled;
                 break Some(hold);
             }
-            Err(_) => continue,
+            Err(_) => {
+                // A position swap failed with the owner word maybe still
+                // ours (see `Reader::lose_slot`): give the GATED slot back
+                // rather than leave it gating under our live pid.
+                slots.free(&hold, monotonic_ns());
+                continue;
+            }
         }
     };
     if hold.is_none() && opts.gated {
@@ -311,18 +317,25 @@ impl Reader {
 
     /// The reader slot this reader holds in the channel's `.readers` file
     /// (as in [`crate::ReaderInfo::slot`]); `None` for a lossy reader that
-    /// found none free.
+    /// found none free or may not write `.readers`, and for a reader that
+    /// lost its slot.
     pub fn slot(&self) -> Option<u32> {
         self.slot.as_ref().map(|hold| hold.index as u32)
     }
 
-    /// Forgets a slot that is no longer ours without touching it again. A
-    /// lossy reader carries on without one (the slot only served
-    /// introspection and the writer's hot window: it validates every
-    /// record anyway and counts what it loses); a gated reader cannot keep
-    /// its promise and fails from now on.
+    /// Gives up a slot that is no longer ours where we left it. A lossy
+    /// reader carries on without one (the slot only served introspection
+    /// and the writer's hot window: it validates every record anyway and
+    /// counts what it loses); a gated reader cannot keep its promise and
+    /// fails from now on.
     fn lose_slot(&mut self) {
         let Some(hold) = self.slot.take() else { return };
+        // The only write: a swap of the whole owner word, which fails if the
+        // slot changed hands. It succeeds when someone else stored a
+        // position but the word is still ours: left GATED under our live
+        // pid, the slot would never be reaped and would hold a gate nobody
+        // moves.
+        self.map.slots.free(&hold, monotonic_ns());
         if hold.state() == slot_state::GATED {
             self.lost_slot = Some(hold.index);
         }
@@ -429,7 +442,21 @@ impl Reader {
             }
             let Some((shard, head)) = best else { return Ok(None) };
             let cursor = &self.cursors[shard];
-            if cursor.gated || self.copied == Some((shard, head.pos)) {
+            if cursor.gated {
+                // Trust the record only while our gate is where we left it
+                // (sync point V for gated readers, FORMAT.md §6.4): checked
+                // after reading its header, and also catching a position
+                // someone else stored while the owner word stayed ours.
+                if let Some(hold) = &self.slot
+                    && !self.map.slots.holds(hold, shard)
+                {
+                    let slot = hold.index;
+                    self.lose_slot();
+                    return Err(self.slot_lost_error(slot));
+                }
+                return Ok(Some((shard, head)));
+            }
+            if self.copied == Some((shard, head.pos)) {
                 return Ok(Some((shard, head)));
             }
             // A lossy reader's record may be overwritten at any moment: it
@@ -675,8 +702,8 @@ impl Sample<'_> {
     /// reader's copy (validated before delivery, and private). For a gated
     /// reader it is true as long as the reader still holds its slot where
     /// it left it: false only if the producer judged the reader dead and
-    /// reaped its slot (then the next call of the reader fails with
-    /// [`RecvError::SlotLost`]).
+    /// reaped its slot, or someone else stored a position in it (then the
+    /// next call of the reader fails with [`RecvError::SlotLost`]).
     pub fn is_valid(&self) -> bool {
         let reader = &*self.reader;
         let cursor = &reader.cursors[self.shard];

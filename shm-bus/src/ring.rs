@@ -35,7 +35,8 @@
 //!   bytes nobody writes, get them in place.
 //!
 //! Gated (lossless) readers publish, per shard, the position below which
-//! they are done (a `Release` store, **sync point G**). Before the writer
+//! they are done (a `Release` compare-and-swap against the position they
+//! stored last, **sync point G**: see [`SlotHold`] for why). Before the writer
 //! reuses space below a position it checks that no live gated reader is
 //! behind it, with `Acquire` loads that pair with G. The minimum is cached
 //! and only rescanned when it does not suffice or when a reader registered
@@ -48,6 +49,15 @@
 //! reader sees the new tail and starts at or after it. (Fences rather than
 //! `SeqCst` accesses: the guarantee is the same, and loom models fences
 //! exactly but treats `SeqCst` accesses as `AcqRel`.)
+//!
+//! A reader slot belongs to whoever's 64-bit owner word (state and claim
+//! epoch) is in it; every change of that word is a compare-and-swap of the
+//! whole word ([`Slots`]). A writer overwrites what a gated reader holds
+//! only after reaping its slot (judging its process dead) or after loading
+//! a position someone else stored there, and then fences (T): a gated
+//! reader checks, after reading each record header, that its slot still
+//! holds its position ([`Slots::holds`], an `Acquire` fence), so one that
+//! was misjudged dead fails instead of trusting overwritten bytes.
 //!
 //! A ring larger than the CPU cache is written and read from DRAM. With a
 //! hot window the writer cycles through the start of the ring while its
@@ -285,7 +295,11 @@ impl Region {
         // caller hands them to a gated reader, whose published position
         // (sync point G) is at or below them until the slice is gone, and
         // the writer never writes space a live gated reader holds (§6.2 of
-        // FORMAT.md; it only reaps the slot of a holder judged dead).
+        // FORMAT.md). It reaps only the slot of a holder judged dead, which
+        // a live one can be only in another pid namespace after 5 s without
+        // a heartbeat (and a gated reader beats while it reads or waits);
+        // such a reader's sample then reports `is_valid() == false` and
+        // its next call fails (see the module docs).
         // Lossy readers never get such a slice: they copy (`copy_words`).
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(self.offset + off), len) }
     }
@@ -617,8 +631,10 @@ impl Slots {
     pub(crate) fn try_claim(&self, slot: usize, seen: u64) -> Option<u64> {
         let claiming =
             slot_state::owner_word(slot_state::CLAIMING, slot_state::epoch_of(seen).wrapping_add(1));
-        // Acquire on success: we read nothing the previous holder wrote that
-        // matters, but this keeps our field stores below from moving up.
+        // Acquire on success: pairs with the Release swap (`free`, `reap`,
+        // `activate`) that stored `seen`; we read nothing the previous
+        // holder wrote that matters, but it keeps our field stores in
+        // `fill` from moving above the claim.
         self.owner_word(slot)
             .compare_exchange(seen, claiming, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
@@ -794,10 +810,13 @@ impl Slots {
     /// dead readers.
     pub(crate) fn reap(&self, slot: usize, seen: u64) -> bool {
         let free = slot_state::owner_word(slot_state::FREE, slot_state::epoch_of(seen));
-        // AcqRel: the writer rescans gates right after; its later SeqCst
-        // fence (sync point T) orders this swap before any overwrite, so a
-        // reaped reader that is in fact alive notices in `holds` before
-        // trusting a record.
+        // AcqRel. Acquire pairs with the holder's Release swap in
+        // `activate` (the identity judged was stored before it). Release
+        // pairs with the Acquire load of the owner word by a reader that
+        // then claims the slot (`owner`, `try_claim`). The writer rescans
+        // gates right after; its later SeqCst fence (sync point T) orders
+        // this swap before any overwrite, so a reaped reader that is in
+        // fact alive notices in `holds` before trusting a record.
         self.owner_word(slot).compare_exchange(seen, free, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 

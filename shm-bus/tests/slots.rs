@@ -135,6 +135,75 @@ fn reader_whose_slot_was_taken_over_never_touches_it_again() {
     }
 }
 
+/// Someone else stored a position in a live gated reader's slot (a reader
+/// that held the slot before and missed that it was reaped: its position
+/// swap can succeed when the new holder happened to start where it stood,
+/// FORMAT.md §4.2). The gate is no longer where the reader left it, so the
+/// writer may overwrite what it has not read: the reader trusts no further
+/// record (`SlotLost` at once, not after delivering one more), and gives the
+/// slot back instead of leaving it GATED under its live pid, where nobody
+/// would reap it and a gate nobody moves would hold the writer back.
+#[test]
+fn gated_reader_whose_position_another_stored_fails_and_frees_its_slot() {
+    let (_dir, bus) = common::bus();
+    let name = "slots/moved";
+    let opts = ChannelOptions { capacity: 4096, reader_slots: 1, hot_window: 0, ..Default::default() };
+    let producer = Producer::create(&bus, name, opts).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, name, ReaderOptions::gated()).unwrap();
+    for seq in 0..4 {
+        writer.write(1, &payload(seq)).unwrap();
+    }
+    writer.publish();
+    expect_record(&mut reader, 0);
+    // Records take 32 + 104 bytes: the reader released 136; a stale holder
+    // stores the end of record 1.
+    poke_slot(&bus, name, 0, reader_slot::SHARDS, 2 * 136);
+    for _ in 0..2 {
+        match reader.try_recv() {
+            Err(RecvError::SlotLost { slot: 0, .. }) => {}
+            other => panic!("expected SlotLost, got {other:?}"),
+        }
+    }
+    assert!(!reader.is_gated());
+    let info = channel_info(&bus, name).unwrap();
+    assert!(info.readers.is_empty(), "the lost slot still holds a reader: {:?}", info.readers);
+    let mut successor = Reader::attach(&bus, name, ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
+    assert_eq!(successor.slot(), Some(0));
+    for seq in 0..4 {
+        expect_record(&mut successor, seq);
+    }
+}
+
+/// The same for a registered lossy reader: it finds out when its next
+/// position swap fails, gives the slot back (left LOSSY under its live pid,
+/// the slot would never be reaped and its stale position would hold the
+/// writer's hot window down for good) and carries on without a slot,
+/// losing nothing.
+#[test]
+fn lossy_reader_whose_position_another_stored_frees_its_slot_and_carries_on() {
+    let (_dir, bus) = common::bus();
+    let name = "slots/moved-lossy";
+    let opts = ChannelOptions { capacity: 4096, reader_slots: 1, hot_window: 0, ..Default::default() };
+    let producer = Producer::create(&bus, name, opts).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    let mut reader = Reader::attach(&bus, name, ReaderOptions::lossy()).unwrap();
+    assert_eq!(reader.slot(), Some(0));
+    for seq in 0..4 {
+        writer.write(1, &payload(seq)).unwrap();
+    }
+    writer.publish();
+    expect_record(&mut reader, 0);
+    poke_slot(&bus, name, 0, reader_slot::SHARDS, 2 * 136);
+    for seq in 1..4 {
+        expect_record(&mut reader, seq);
+    }
+    assert_eq!(reader.slot(), None);
+    let info = channel_info(&bus, name).unwrap();
+    assert!(info.readers.is_empty(), "the lost slot still holds a reader: {:?}", info.readers);
+    assert_eq!(reader.stats().lost, 0);
+}
+
 /// A reader that dies between claiming a slot and activating it leaves the
 /// slot CLAIMING. While the claim is recent (its heartbeat fresh) nobody
 /// takes it; once it is silent for the heartbeat timeout, the next reader

@@ -230,6 +230,14 @@ fn the_python_reader_refuses_untrusted_owners_too() {
     assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
     let trusted = run(Some(format!("g:{}", other.1)));
     assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+
+    // A `.readers` file of another owner than its `.ring` (FORMAT.md §1,
+    // §6.9 check 13): refused, even when both owners are trusted.
+    chown(&bus.ring_path("py"), (0, 0));
+    let refused = run(Some(other.0.to_string()));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("py.readers is not trusted") && stderr.contains("uid 0"), "{stderr}");
 }
 
 /// Entry point of the child that reads as the other user (see below);
