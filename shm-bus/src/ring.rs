@@ -614,9 +614,13 @@ impl Slots {
 
     /// The owner word of `slot` (state and claim epoch).
     pub(crate) fn owner(&self, slot: usize) -> u64 {
-        // Acquire pairs with the Release swaps in `activate` and `free`:
-        // the identity and positions stored before are visible.
-        self.owner_word(slot).load(Ordering::Acquire)
+        // Relaxed + Acquire fence (an Acquire load in effect; only Relaxed
+        // loads are blessed on a mapping that may be read-only): pairs with
+        // the Release swaps in `activate` and `free`, so the identity and
+        // positions stored before are visible.
+        let owner = self.owner_word(slot).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        owner
     }
 
     pub(crate) fn state(&self, slot: usize) -> u32 {
