@@ -7,7 +7,7 @@ use crate::channel::{self, BusDir, ChannelState};
 use crate::error::AttachError;
 use crate::layout::slot_state;
 use crate::liveness;
-use crate::ring::monotonic_ns;
+use crate::ring::{monotonic_ns, producer_heartbeat};
 
 /// One channel of a bus directory.
 #[derive(Clone, Debug)]
@@ -15,7 +15,8 @@ pub struct ChannelInfo {
     pub name: String,
     pub generation: u64,
     pub producer_pid: u32,
-    /// `None`: the producer runs in another pid namespace.
+    /// By pid in our pid namespace, else by the producer's heartbeat; `None`:
+    /// another pid namespace and no heartbeat yet.
     pub producer_alive: Option<bool>,
     pub state: ChannelState,
     pub created_realtime_ns: u64,
@@ -159,7 +160,10 @@ pub fn channel_info(bus: &BusDir, name: &str) -> Result<ChannelInfo, AttachError
         name: g.name.clone(),
         generation: g.generation,
         producer_pid: g.producer_pid,
-        producer_alive: liveness::pid_alive(&g.producer_identity()),
+        producer_alive: liveness::producer_liveness(
+            &g.producer_identity(),
+            producer_heartbeat(&map.words.channel),
+        ),
         state: map.state(),
         created_realtime_ns: g.created_realtime_ns,
         capacity: g.capacity,

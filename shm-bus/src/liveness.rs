@@ -101,7 +101,14 @@ pub(crate) fn pid_alive(id: &ReaderIdentity) -> Option<bool> {
 /// in our pid namespace, else by its heartbeat (`heartbeat_ns`, 0: never
 /// beat), which a producer refreshes every [`PRODUCER_HEARTBEAT_EVERY`].
 pub(crate) fn producer_alive(id: &ReaderIdentity, heartbeat_ns: u64) -> bool {
-    pid_alive(id).unwrap_or_else(|| heartbeat_fresh(heartbeat_ns))
+    producer_liveness(id, heartbeat_ns).unwrap_or(false)
+}
+
+/// What introspection can tell of a producer: by its pid in our pid
+/// namespace, else by its heartbeat; `None` only for a producer in another
+/// pid namespace that never beat (`heartbeat_ns` 0).
+pub(crate) fn producer_liveness(id: &ReaderIdentity, heartbeat_ns: u64) -> Option<bool> {
+    pid_alive(id).or_else(|| (heartbeat_ns != 0).then(|| heartbeat_fresh(heartbeat_ns)))
 }
 
 /// Whether a CLAIMING slot was abandoned: its claimant stores a heartbeat
@@ -186,5 +193,10 @@ mod tests {
         assert_eq!(pid_alive(&foreign), None);
         assert!(producer_alive(&foreign, monotonic_ns()));
         assert!(!producer_alive(&foreign, 0));
+        assert_eq!(producer_liveness(&foreign, monotonic_ns()), Some(true));
+        let stale =
+            monotonic_ns().saturating_sub(FOREIGN_HEARTBEAT_TIMEOUT.as_nanos() as u64 + 1_000_000_000);
+        assert_eq!(producer_liveness(&foreign, stale.max(1)), Some(false));
+        assert_eq!(producer_liveness(&foreign, 0), None, "never beat: cannot tell");
     }
 }

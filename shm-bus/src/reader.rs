@@ -24,7 +24,7 @@ use crate::channel::{self, BusDir, ChannelMap, ChannelState};
 use crate::error::{AttachError, RecvError};
 use crate::layout::slot_state;
 use crate::liveness;
-use crate::ring::{Arc, Corrupt, CursorCore, Head, SlotHold, monotonic_ns};
+use crate::ring::{Arc, Corrupt, CursorCore, Head, SlotHold, monotonic_ns, producer_heartbeat};
 
 /// Where a new reader starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -361,10 +361,15 @@ impl Reader {
         self.map.state()
     }
 
-    /// Whether the producer process is alive (`None`: it runs in another
-    /// pid namespace, so we cannot tell).
+    /// Whether the producer process is alive: by its pid in our pid
+    /// namespace, else by the heartbeat it refreshes every second (dead
+    /// once silent for [`crate::FOREIGN_HEARTBEAT_TIMEOUT`]). `None` only
+    /// for a producer in another pid namespace that never beat.
     pub fn producer_alive(&self) -> Option<bool> {
-        liveness::pid_alive(&self.map.geometry.producer_identity())
+        liveness::producer_liveness(
+            &self.map.geometry.producer_identity(),
+            producer_heartbeat(&self.map.words.channel),
+        )
     }
 
     /// Records published but not yet read, over all shards.

@@ -524,11 +524,19 @@ fn producers_in_other_pid_namespaces_are_judged_by_their_heartbeat() {
     second.wait_success();
     let opts = ChannelOptions { capacity: 4096, ..Default::default() };
     assert!(matches!(Producer::create(&bus, name, opts), Err(CreateError::Busy { pid: 1, .. })));
-    assert_eq!(channel_info(&bus, name).unwrap().generation, generation);
+    let info = channel_info(&bus, name).unwrap();
+    assert_eq!(info.generation, generation);
+    assert_eq!(info.producer_alive, Some(true), "a beating producer of another namespace is alive");
 
     first.sigkill();
     assert_eq!(first.wait().signal(), Some(9));
     let killed = Instant::now();
+    // Introspection judges the dead producer by its heartbeat too: the
+    // channel shows a dead producer once its beat is stale.
+    while channel_info(&bus, name).unwrap().producer_alive != Some(false) {
+        assert!(killed.elapsed() < Duration::from_secs(20), "the dead producer still looks alive");
+        thread::sleep(Duration::from_millis(200));
+    }
     let producer = loop {
         match Producer::create(&bus, name, opts) {
             Ok(producer) => break producer,

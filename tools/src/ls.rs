@@ -101,7 +101,7 @@ fn prune(bus: &BusDir, listings: &[ChannelListing]) -> anyhow::Result<()> {
             (ChannelState::Ended, _) => "ended",
             (ChannelState::Replaced, _) => "replaced",
             (ChannelState::Live, Some(false)) => "producer dead",
-            // Live, or a producer in another pid namespace: leave it.
+            // Live, or a producer of another pid namespace that never beat.
             _ => continue,
         };
         if remove_channel(bus, info)? {
@@ -183,7 +183,7 @@ fn liveness(alive: Option<bool>) -> &'static str {
     match alive {
         Some(true) => "alive",
         Some(false) => "dead",
-        None => "(other pid namespace)",
+        None => "(other pid namespace, no heartbeat)",
     }
 }
 
