@@ -511,6 +511,9 @@ impl Reader {
         if !replaced && now.duration_since(self.last_idle_check) >= IDLE_CHECK_EVERY {
             self.last_idle_check = now;
             self.flush_accounting();
+            if let Some(slot) = self.lost_slot {
+                return Err(self.slot_lost_error(slot));
+            }
             replaced = !self.map.is_current() && std::fs::metadata(&self.map.ring_path).is_ok();
         }
         if replaced {
@@ -552,6 +555,11 @@ impl Reader {
             self.unaccounted.1 += head.lost;
             if self.unaccounted.0 >= ACCOUNT_EVERY || head.lost != 0 {
                 self.flush_accounting();
+                if let Some(slot) = self.lost_slot {
+                    // Lost while accounting: the writer may be overwriting
+                    // the record already, so it is not handed out.
+                    return Err(self.slot_lost_error(slot));
+                }
             }
             return Ok(Some(Event::Record(Sample { reader: self, shard, head, copied })));
         }
