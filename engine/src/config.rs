@@ -92,8 +92,10 @@ pub struct BusConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address and port to serve `/metrics` on (port 0: any free port);
-    /// `None` (the default): no endpoint.
+    /// Address and port to serve `/metrics` on (`ip:port` or `host:port`,
+    /// resolved as a server's `address`; port 0: any free port); `None`
+    /// (the default): no endpoint.
+    #[serde(deserialize_with = "optional_listen_address")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -552,6 +554,14 @@ pub fn resolve_listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
+/// Deserializes `[metrics] listen` (present: an address) with
+/// [`resolve_listen_address`].
+fn optional_listen_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    listen_address(deserializer).map(Some)
+}
+
 /// Deserializes a server's `address` with [`resolve_listen_address`].
 fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
     struct ListenAddress;
@@ -754,7 +764,8 @@ mode = "0600"
 # connections, channels and readers at http://<listen>/metrics, in the
 # Prometheus text format (OpenMetrics when asked for). Off by default.
 [metrics]
-# Address and port to serve on (port 0: any free port, printed at start).
+# Address and port to serve on (a host name resolves as a server's address;
+# port 0: any free port, printed at start).
 # listen = "127.0.0.1:9464"
 
 # A TCP server stage: accepts clients and publishes what they send, in packet
@@ -1176,6 +1187,12 @@ mod tests {
         assert_eq!(EngineConfig::from_toml_str("").unwrap().metrics.listen, None);
         let config = EngineConfig::from_toml_str("[metrics]\nlisten = \"0.0.0.0:0\"\n").unwrap();
         assert_eq!(config.metrics.listen, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+        let config = EngineConfig::from_toml_str("[metrics]\nlisten = \"localhost:9464\"\n").unwrap();
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            "host names resolve"
+        );
         for value in [r#""127.0.0.1""#, r#""127.0.0.1:65536""#, "9464", r#""""#] {
             let text = format!("[metrics]\n\nlisten = {value}\n");
             let (key, line, message) = invalid_parts(EngineConfig::from_toml_str(&text));
