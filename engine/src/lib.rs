@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use shm_bus::BusDir;
 
+pub use executor::ExecutorPlacement;
 pub use liveness::Liveness;
 pub use stage::{
     CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name,
@@ -179,6 +180,12 @@ impl EngineHandle {
     /// says so in the log).
     pub fn receive_path(&self, name: &str) -> Option<records::ReceivePath> {
         Some(self.stage(name)?.receive_path)
+    }
+
+    /// What the executors of stage `name` got from the OS when they
+    /// started (cores, real-time priority), by index.
+    pub fn executors(&self, name: &str) -> Option<&[ExecutorPlacement]> {
+        Some(&self.stage(name)?.placements)
     }
 
     /// The latest socket statistics of stage `name` (published once a

@@ -12,6 +12,7 @@ use shm_bus::{BusDir, ChannelOptions, Producer};
 
 use crate::config::{ReceivePathChoice, TcpClientConfig, TcpServerConfig};
 use crate::connection::{self, ConnectionSettings, ExecutorSetup, Role};
+use crate::executor::ExecutorPlacement;
 use crate::inbox::{self, Command, InboxSender};
 use crate::records::{ReceivePath, SocketStats};
 use crate::stats;
@@ -46,6 +47,8 @@ pub(crate) struct Stage {
     pub(crate) receive_path: ReceivePath,
     /// Each executor's name and heartbeat (none without a heartbeat period).
     pub(crate) heartbeats: Vec<(String, Arc<Heartbeat>)>,
+    /// What each executor got from the OS (cores, priority), by index.
+    pub(crate) placements: Vec<ExecutorPlacement>,
     stats_thread: Option<JoinHandle<()>>,
     egress_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     outcome_thread: Option<JoinHandle<()>>,
@@ -247,6 +250,7 @@ fn start(
     let open = Arc::new(OpenConnections::default());
     let mut executors = Vec::new();
     let mut heartbeats = Vec::new();
+    let mut placements_got = Vec::new();
     for (index, (core, inbox)) in placements.iter().zip(inboxes).enumerate() {
         let shard = |p: &Producer| p.shard(index as u32).map_err(channel_error(p.name().to_owned()));
         let setup = ExecutorSetup {
@@ -265,9 +269,11 @@ fn start(
             heartbeats.push((executor::name(&stage, index), counter.clone()));
             (period, counter)
         });
-        executors.push(executor::spawn(&stage, index, *core, priority, beating, move || {
+        let (executor, placement) = executor::spawn(&stage, index, *core, priority, beating, move || {
             connection::run_executor(setup)
-        })?);
+        })?;
+        executors.push(executor);
+        placements_got.push(placement);
     }
     drop(sink);
     drop(outcomes);
@@ -284,6 +290,7 @@ fn start(
             _ => ReceivePath::GlommioRead,
         },
         heartbeats,
+        placements: placements_got,
         stats_thread: Some(stats_thread),
         egress_thread: Some(egress_thread),
         outcome_thread: Some(outcome_thread),

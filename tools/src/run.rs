@@ -53,25 +53,10 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
     let bus = bus_flag
         .or(config.bus.dir.as_deref())
         .map_or_else(BusDir::from_env, |dir| BusDir::new(dir).trust_from_env());
-    let servers: Vec<(String, String, Executors)> = config
-        .tcp_server
-        .iter()
-        .map(|s| {
-            (s.name.clone(), s.address.to_string(), (s.thread_processor_affinity.clone(), s.thread_priority))
-        })
-        .collect();
-    let clients: Vec<(String, String, Executors)> = config
-        .tcp_client
-        .iter()
-        // A client stage runs one executor, on the first listed core.
-        .map(|c| {
-            (
-                c.name.clone(),
-                c.address.clone(),
-                (c.thread_processor_affinity.iter().copied().take(1).collect(), c.thread_priority),
-            )
-        })
-        .collect();
+    let servers: Vec<(String, String)> =
+        config.tcp_server.iter().map(|s| (s.name.clone(), s.address.to_string())).collect();
+    let clients: Vec<(String, String)> =
+        config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
 
     let metrics_listen = config.metrics.listen;
     let mut systemd = Systemd::from_env();
@@ -93,18 +78,18 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         println!("metrics: http://{}/metrics", metrics.address());
     }
     let daemon = Daemon { engine, metrics, systemd };
-    for (name, configured, cores) in &servers {
+    for (name, configured) in &servers {
         daemon.systemd.status(&format!("waiting for stage {name} to listen"));
         let address = match wait_listening(&daemon.engine, name, configured, &mut stop) {
             Ok(address) => address,
             Err(signal) => return daemon.shut_down(signal),
         };
         println!("stage {name}: listening on {address}");
-        print_stage(&daemon.engine, name, cores, "its clients");
+        print_stage(&daemon.engine, name, "its clients");
     }
-    for (name, address, cores) in &clients {
+    for (name, address) in &clients {
         println!("stage {name}: connecting to {address}");
-        print_stage(&daemon.engine, name, cores, "the server");
+        print_stage(&daemon.engine, name, "the server");
     }
     let stages = servers.len() + clients.len();
     daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
@@ -132,9 +117,6 @@ impl Daemon {
         Ok(())
     }
 }
-
-/// The cores and the priority a stage's executors were configured with.
-type Executors = (Vec<usize>, u8);
 
 /// The address server stage `name` listens on, once it does, or the stop
 /// signal that came first. Says so once if binding takes a while (the
@@ -165,15 +147,16 @@ fn wait_listening(
 
 /// The start-up lines of a stage after its first: receive path, executors
 /// and channels.
-fn print_stage(engine: &EngineHandle, stage: &str, (cores, priority): &Executors, peers: &str) {
+fn print_stage(engine: &EngineHandle, stage: &str, peers: &str) {
     let path = match engine.receive_path(stage) {
         Some(ReceivePath::IoUringMultishot) => "io_uring multishot recv into shared memory",
         Some(ReceivePath::GlommioRead) => "glommio read (recv when the socket is readable)",
         None => "unknown",
     };
     println!("  receive path: {path}");
-    let threads = executors::of_stage(stage, cores.len().max(1));
-    println!("  {}", executors::describe(&threads, cores, *priority));
+    if let Some(placements) = engine.executors(stage) {
+        println!("  {}", executors::describe(placements));
+    }
     let published: Vec<String> =
         [PACKET_GROUP, CONNECTION_EVENTS, SOCKET_STATS].iter().map(|c| channel_name(stage, c)).collect();
     println!("  publishes {}", published.join(", "));

@@ -612,6 +612,9 @@ fn connections_are_spread_over_the_executors() {
     let t = bus();
     let config = TcpServerConfig { thread_processor_affinity: vec![0, 1], ..server_config("spread") };
     let (engine, addr) = start(&t.bus, config);
+    // Each executor reports the one core it was pinned to.
+    let cpus: Vec<Vec<usize>> = engine.executors("spread").unwrap().iter().map(|e| e.cpus.clone()).collect();
+    assert_eq!(cpus, [vec![0], vec![1]]);
     let mut collector = Collector::attach(&t.bus, "spread");
     let clients: Vec<_> =
         (0..4u64).map(|i| send_in_background(addr, random_bytes(i, 100_000), i, 1000)).collect();
@@ -737,12 +740,18 @@ fn thread_priority_runs_executors_under_sched_fifo_when_allowed() {
     if effective_uid == Some("0") {
         assert!(allowed, "running as root, yet `chrt -f 1 true` failed (chrt missing, or no CAP_SYS_NICE)");
     }
+    // What the engine reports (`ringest run`'s start-up line) is what the
+    // OS shows.
+    let reported = engine.executors("rtprio").unwrap();
+    assert_eq!(reported.len(), 1);
     if allowed {
         assert_eq!(fifo, 1, "{policies:?}");
         assert!(policies.contains(&(SCHED_FIFO, 7)), "{policies:?}");
+        assert_eq!(reported[0].fifo_priority, Some(7));
     } else {
         // Refused (no CAP_SYS_NICE): a warning, and normal priority.
         assert_eq!(fifo, 0, "{policies:?}");
+        assert_eq!(reported[0].fifo_priority, None);
     }
     engine.stop().unwrap();
 }
