@@ -26,6 +26,7 @@ from ringest._ringest import (
     decode_connection_event,
     decode_socket_stats,
     list_channels,
+    publish_egress,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "decode_connection_event",
     "decode_socket_stats",
     "list_channels",
+    "publish_egress",
 ]

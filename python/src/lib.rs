@@ -10,6 +10,7 @@
 
 mod channels;
 mod decode;
+mod egress;
 #[allow(unsafe_code)]
 mod reader;
 
@@ -23,6 +24,7 @@ fn _ringest(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reader::Ended>()?;
     m.add_class::<decode::Packet>()?;
     m.add_function(wrap_pyfunction!(channels::list_channels, m)?)?;
+    m.add_function(wrap_pyfunction!(egress::publish_egress, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_connection_event, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_socket_stats, m)?)?;
     m.add("RingestError", m.py().get_type::<reader::RingestError>())?;
