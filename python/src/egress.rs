@@ -43,7 +43,7 @@ fn error(message: String) -> PyErr {
 pub(crate) fn publish_egress<'py>(
     py: Python<'py>,
     stage: &str,
-    data: Vec<u8>,
+    data: pyo3::buffer::PyBuffer<u8>,
     connection: Option<u64>,
     bus: Option<std::path::PathBuf>,
     timeout: f64,
@@ -53,6 +53,7 @@ pub(crate) fn publish_egress<'py>(
             "timeout must be > 0 seconds, not {timeout}"
         )));
     }
+    let data = data.to_vec(py)?;
     let bus = bus.map(BusDir::new).unwrap_or_else(BusDir::from_env);
     let outcomes =
         py.allow_threads(|| publish(&bus, stage, &data, connection, Duration::from_secs_f64(timeout)))?;

@@ -86,3 +86,39 @@ def test_decoders_reject_bad_bytes():
         ringest.decode_connection_event(b"\xff" * 3)
     with pytest.raises(ringest.RingestError, match="socket stats"):
         ringest.decode_socket_stats(b"")
+
+
+def test_the_lidar_example_decodes_every_point(bus, daemons):
+    import pathlib
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    example = pathlib.Path(__file__).resolve().parents[1] / "examples" / "lidar_points.py"
+    daemon = daemons(bus, ["lidar_front"])
+    child = subprocess.Popen(
+        [sys.executable, str(example), "lidar_front/packet_group", bus], stdout=subprocess.PIPE, text=True
+    )
+    # Gated: wait until it reads, so that it sees every point.
+    deadline = time.monotonic() + DEADLINE
+    while not any(
+        r["gated"] for c in ringest.list_channels(bus) if c["name"] == "lidar_front/packet_group" for r in c["readers"]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    rng = np.random.default_rng(18)
+    points = rng.random((100_003, 4), dtype=np.float32)
+    data = points.astype("<f4").tobytes()
+    client = socket.create_connection(daemon.addr("lidar_front"))
+    for at in range(0, len(data), 1499):  # splits points across receives
+        client.sendall(data[at : at + 1499])
+    client.close()
+    time.sleep(0.5)
+    assert daemon.stop() == 0
+    out, _ = child.communicate(timeout=DEADLINE)
+    assert child.returncode == 0
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    mean = points.astype(np.float64).mean(axis=0)
+    assert lines[0].split(":")[1] == f" {len(points)} points, mean " + " ".join(f"{v:.6f}" for v in mean)
