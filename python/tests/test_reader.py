@@ -251,3 +251,32 @@ def test_bad_arguments_are_clear_errors(bus, daemons):
         with pytest.raises(ValueError, match="timeout"):
             reader.recv(timeout=-1)
         assert reader.recv(timeout=0.05) is None
+
+
+def test_recv_releases_the_gil_while_it_sleeps(bus, daemons):
+    daemons(bus, ["lidar"])
+    counted = 0
+    stop = threading.Event()
+
+    def count():
+        nonlocal counted
+        while not stop.is_set():
+            counted += 1
+
+    with ringest.Reader("lidar/packet_group", bus=bus, gated=True) as reader:
+        thread = threading.Thread(target=count)
+        thread.start()
+        # What the thread counts in 0.2 s while this one sleeps in Python.
+        before = counted
+        time.sleep(0.2)
+        baseline = counted - before
+        # In 0.5 s of recv it counts more than that: with the GIL held it
+        # would count at most a switch interval's worth (5 ms).
+        before = counted
+        started = time.monotonic()
+        assert reader.recv(timeout=0.5) is None
+        during = counted - before
+        assert time.monotonic() - started >= 0.5
+        stop.set()
+        thread.join()
+    assert during > baseline > 0, (during, baseline)
