@@ -280,3 +280,29 @@ def test_recv_releases_the_gil_while_it_sleeps(bus, daemons):
         stop.set()
         thread.join()
     assert during > baseline > 0, (during, baseline)
+
+
+def test_a_lossy_reader_that_keeps_up_gets_every_byte_from_its_copy(bus, daemons):
+    daemon = daemons(bus, ["lidar"])
+    data = os.urandom(2_000_000)
+    with ringest.Reader("lidar/packet_group", bus=bus) as reader:
+        assert reader.gated is False
+        sock, _ = connect(daemon.addr("lidar"))
+        sender = threading.Thread(target=send_all_and_close, args=(sock, data, 10_000))
+        sender.start()
+        got = bytearray()
+        kept = []
+        while len(got) < len(data):
+            with recv_record(reader) as sample:
+                assert sample.lost_before == 0
+                kept.append(sample.copy())
+                got += b"".join(bytes(p.data) for p in sample.packets())
+                assert len(sample) == len(sample.payload)
+            assert not sample.held
+            with pytest.raises(ValueError):
+                sample.payload
+        sender.join()
+        assert bytes(got) == data
+        assert reader.stats["lost"] == 0
+        # The copies outlive their samples, and hold the whole records.
+        assert sum(len(k) for k in kept) > len(data)
