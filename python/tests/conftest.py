@@ -14,6 +14,12 @@ import time
 
 import pytest
 
+for _module, _install in (("ringest", "pip install ./python"), ("numpy", "pip install numpy")):
+    try:
+        __import__(_module)
+    except ImportError as _error:
+        pytest.exit(f"Python package {_module} missing ({_error}): run scripts/test (or {_install})", returncode=1)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEADLINE = 30.0
 
