@@ -20,6 +20,8 @@ for _module, _install in (("ringest", "pip install ./python"), ("numpy", "pip in
     except ImportError as _error:
         pytest.exit(f"Python package {_module} missing ({_error}): run scripts/test (or {_install})", returncode=1)
 
+import ringest  # noqa: E402 (after the check above)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEADLINE = 30.0
 
@@ -112,3 +114,36 @@ def daemons():
     yield start
     for daemon in started:
         daemon.kill()
+
+
+def wait_until_disconnected(events):
+    """Waits for a ``disconnected`` event on ``events``, a reader of the
+    stage's ``connection_events`` opened before the connection: by then the
+    stage has received every byte the peer sent before closing."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        event = events.recv(timeout=1.0)
+        if (
+            isinstance(event, ringest.Sample)
+            and event.kind == ringest.KIND_CONNECTION_EVENT
+            and event.decode()["event"] == "disconnected"
+        ):
+            return
+    raise AssertionError("the stage saw no connection end")
+
+
+def wait_until_stalled(bus, stage):
+    """Waits until the stage's statistics count a backpressure stall: its
+    ``packet_group`` ring was full and receiving paused (a gated reader
+    holds the writer back)."""
+    with ringest.Reader(f"{stage}/socket_stats", bus=bus, start="oldest") as stats:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            event = stats.recv(timeout=1.0)
+            if (
+                isinstance(event, ringest.Sample)
+                and event.kind == ringest.KIND_SOCKET_STATS
+                and event.decode()["stage"]["backpressure_stalls"] > 0
+            ):
+                return
+    raise AssertionError(f"stage {stage} never paused receiving")

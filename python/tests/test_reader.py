@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import ringest
+from conftest import wait_until_disconnected, wait_until_stalled
 
 DEADLINE = 30.0
 
@@ -84,10 +85,11 @@ def test_gated_reader_gets_every_byte_of_every_connection(bus, daemons):
 def test_a_paused_lossy_reader_reports_exact_losses(bus, daemons):
     daemon = daemons(bus, ["lidar"], ring_size_b=64 << 10)
     reader = ringest.Reader("lidar/packet_group", bus=bus, start="next")
+    events = ringest.Reader("lidar/connection_events", bus=bus, start="oldest")
     sock, _ = connect(daemon.addr("lidar"))
     # Many times the 64 KiB ring, while the reader does not read.
     send_all_and_close(sock, os.urandom(8 << 20), 4096)
-    time.sleep(0.5)
+    wait_until_disconnected(events)
     assert daemon.stop() == 0
     seqs = {}
     received = lost = 0
@@ -123,7 +125,7 @@ def test_holding_a_gated_sample_blocks_the_writer_and_releasing_frees_it(bus, da
     head = b"".join(bytes(packet.data) for packet in held.packets())
     array = np.frombuffer(held.payload, dtype=np.uint8)
     snapshot = array.tobytes()
-    time.sleep(1.0)
+    wait_until_stalled(bus, "lidar")
     # The producer could not write over it: same bytes, and the sender is
     # stuck behind the full ring.
     assert array.tobytes() == snapshot
@@ -176,7 +178,7 @@ def test_a_sigkilled_gated_python_reader_stops_gating_within_a_second(bus, daemo
         sender = threading.Thread(target=send_all_and_close, args=(sock, data))
         sender.start()
         assert child.stdout.readline() == "holding\n"
-        time.sleep(1.0)
+        wait_until_stalled(bus, "lidar")
         # The child holds its first record: the ring is full, the sender stuck.
         assert sender.is_alive()
         written = channel(bus)["records_written"]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import ringest
+from conftest import wait_until_disconnected
 
 DEADLINE = 30.0
 
@@ -97,6 +98,7 @@ def test_the_lidar_example_decodes_every_point(bus, daemons):
 
     example = pathlib.Path(__file__).resolve().parents[1] / "examples" / "lidar_points.py"
     daemon = daemons(bus, ["lidar_front"])
+    events = ringest.Reader("lidar_front/connection_events", bus=bus, start="oldest")
     child = subprocess.Popen(
         [sys.executable, str(example), "lidar_front/packet_group", bus], stdout=subprocess.PIPE, text=True
     )
@@ -114,7 +116,7 @@ def test_the_lidar_example_decodes_every_point(bus, daemons):
     for at in range(0, len(data), 1499):  # splits points across receives
         client.sendall(data[at : at + 1499])
     client.close()
-    time.sleep(0.5)
+    wait_until_disconnected(events)
     assert daemon.stop() == 0
     out, _ = child.communicate(timeout=DEADLINE)
     assert child.returncode == 0

@@ -247,6 +247,7 @@ fn read_only_child_entry() {
     let Ok(bus) = std::env::var("SHM_BUS_TRUST_CHILD_BUS") else { return };
     let opts = ReaderOptions::lossy().start(shm_bus::StartAt::Oldest);
     let mut reader = Reader::attach(&BusDir::new(bus), "ro", opts).unwrap();
+    println!("ATTACHED");
     let mut got = Vec::new();
     loop {
         match reader.recv_timeout(common::PATIENCE).unwrap() {
@@ -273,7 +274,7 @@ fn a_lossy_reader_without_write_access_to_readers_polls() {
     // Readable by everyone, writable by nobody else.
     chmod(&bus.readers_path("ro"), 0o644);
     let before = std::fs::read(bus.readers_path("ro")).unwrap();
-    let child = Command::new("setpriv")
+    let mut child = Command::new("setpriv")
         .arg(format!("--reuid={}", other.0))
         .arg(format!("--regid={}", other.1))
         .arg("--clear-groups")
@@ -284,12 +285,24 @@ fn a_lossy_reader_without_write_access_to_readers_polls() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run setpriv (util-linux)");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // "c" is sent once the reader runs: it must poll to see it.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ATTACHED") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            panic!(
+                "the child ended before it attached: {}",
+                std::io::read_to_string(child.stderr.take().unwrap()).unwrap()
+            );
+        }
+    }
     writer.send(1, b"c").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
     producer.end();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = rest;
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("GOT a,b,c"), "{stdout}");
     assert_eq!(std::fs::read(bus.readers_path("ro")).unwrap(), before, "the reader wrote .readers");

@@ -491,9 +491,29 @@ fn run_says_it_retries_binding_a_taken_port_and_stats_count_the_attempts() {
     let t = bus();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
-    // Freed once the daemon had time to fail a few times.
+    // Freed once the stage's statistics count two failed attempts.
+    let stats_bus = t.bus.clone();
     let holder = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + DEADLINE;
+        let mut reader = loop {
+            match shm_bus::Reader::attach(&stats_bus, "late/socket_stats", shm_bus::ReaderOptions::lossy()) {
+                Ok(reader) => break reader,
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "no late/socket_stats channel");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        loop {
+            assert!(Instant::now() < deadline, "the stage never counted two failed binds");
+            if let Some(shm_bus::Event::Record(sample)) =
+                reader.recv_timeout(Duration::from_millis(100)).unwrap()
+                && engine::records::decode::<engine::records::SocketStats>(sample.payload())
+                    .is_ok_and(|s| s.stage.bind_failures >= 2)
+            {
+                break;
+            }
+        }
         drop(taken);
     });
     let config = format!("[[tcp_server]]\nname = \"late\"\naddress = \"{address}\"\nring_size_b = 4194304\n");
