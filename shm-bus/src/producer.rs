@@ -333,21 +333,6 @@ impl ShardWriter {
         self.core.commit_in_place(len as u64, kind, timestamp_ns)
     }
 
-    /// As [`ShardWriter::commit_claimed`], counting only `payload_bytes` of
-    /// the record's `len` bytes as payload in the shard header (the rest is
-    /// framing or unused room, such as the end of a receive slot a short
-    /// packet did not fill): introspection shows both.
-    pub fn commit_claimed_counting(
-        &mut self,
-        len: usize,
-        kind: u16,
-        timestamp_ns: u64,
-        payload_bytes: u64,
-    ) -> u64 {
-        assert!(kind != layout::KIND_PADDING, "kind 0xFFFF is reserved for padding");
-        self.core.commit_in_place_counting(len as u64, kind, timestamp_ns, payload_bytes)
-    }
-
     /// Counts `bytes` of the records committed so far as framing rather
     /// than payload in the shard header's payload counter (introspection
     /// only; published with the next [`ShardWriter::publish`]).

@@ -1372,19 +1372,6 @@ impl WriterCore {
     /// If the record would end beyond the claimed space or cross the end of
     /// the ring.
     pub(crate) fn commit_in_place(&mut self, len: u64, kind: u16, timestamp_ns: u64) -> u64 {
-        self.commit_in_place_counting(len, kind, timestamp_ns, len)
-    }
-
-    /// As [`WriterCore::commit_in_place`], counting `payload` of the
-    /// record's `len` bytes as payload (the rest is the producer's own
-    /// framing or unused room, such as the tail of a receive slot).
-    pub(crate) fn commit_in_place_counting(
-        &mut self,
-        len: u64,
-        kind: u16,
-        timestamp_ns: u64,
-        payload: u64,
-    ) -> u64 {
         let pos = self.pending;
         let size = record_size(len);
         assert!(
@@ -1396,9 +1383,7 @@ impl WriterCore {
             self.pending = pos + size;
             return self.next_seq;
         }
-        let seq = self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns);
-        self.payload_committed = self.payload_committed - len + payload.min(len);
-        seq
+        self.commit(Reserved { pos, max_len: len }, len, kind, timestamp_ns)
     }
 
     /// The bytes at ring positions `pos..pos + len` (absolute) of the space

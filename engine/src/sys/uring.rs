@@ -444,7 +444,11 @@ impl ShardSlots {
         timestamp_ns: u64,
         payload_bytes: u64,
     ) -> u64 {
-        self.writer.commit_claimed_counting(len, kind, timestamp_ns, payload_bytes)
+        let seq = self.writer.commit_claimed(len, kind, timestamp_ns);
+        // The rest of the record is packet headers and the unfilled ends of
+        // receive slots.
+        self.writer.count_as_framing((len as u64).saturating_sub(payload_bytes));
+        seq
     }
 
     pub(crate) fn commit_claimed_padding(&mut self, len: usize) {
