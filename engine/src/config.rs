@@ -1,5 +1,6 @@
 //! The engine's configuration: a TOML file with an optional `[bus]` table
-//! and any number of `[[tcp_server]]` and `[[tcp_client]]` stage tables.
+//! and any number of `[[tcp_server]]`, `[[tcp_client]]` and `[[udp]]` stage
+//! tables.
 //!
 //! Every key has a default; [`default_config_toml`] documents them all.
 //! Loading rejects unknown keys, values of the wrong type and values out of
@@ -9,7 +10,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 
@@ -71,6 +72,9 @@ pub struct EngineConfig {
     /// The `[[tcp_client]]` tables, in file order.
     #[serde(default)]
     pub tcp_client: Vec<TcpClientConfig>,
+    /// The `[[udp]]` tables, in file order.
+    #[serde(default)]
+    pub udp: Vec<UdpConfig>,
 }
 
 /// Where and how the stages create their shared-memory channels.
@@ -221,6 +225,152 @@ pub struct TcpClientConfig {
     pub receive_slot_size_b: u64,
 }
 
+/// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+pub const MAX_UDP_PAYLOAD: u64 = 65_507;
+
+/// A UDP stage (`[[udp]]`): receives datagrams (unicast or multicast) and
+/// publishes them, in datagram groups, into channels under its `name`;
+/// what is published to `<name>/egress_packets` is sent as datagrams.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Namespace of the stage's channels: a valid [`shm_bus`] channel name of
+    /// at most [`MAX_STAGE_NAME_LEN`] bytes, unique across the file.
+    pub name: String,
+    /// Local address and port to bind (port 0: any free port); a host name
+    /// is resolved when the file is read. Every executor binds its own
+    /// socket to it with `SO_REUSEPORT`.
+    #[serde(deserialize_with = "listen_address")]
+    pub address: SocketAddr,
+    /// Datagrams per published group (1..=65_536).
+    pub group_size: u32,
+    /// Microseconds after its first datagram that a partial group is
+    /// published (0..=10_000_000; 0 publishes every datagram at once).
+    pub group_timeout_us: u64,
+    /// `SCHED_FIFO` priority of the stage's executor threads (0..=99).
+    pub thread_priority: u8,
+    /// Processor indices: one executor, with its own socket, pinned to
+    /// each; empty: one unpinned executor.
+    pub thread_processor_affinity: Vec<usize>,
+    /// Kernel receive buffer per socket in bytes (0..=`i32::MAX`; 0: the
+    /// kernel's default). Set with `SO_RCVBUFFORCE` where permitted.
+    pub kernel_receive_buffer_size_b: u64,
+    /// Kernel transmit buffer (`SO_SNDBUF`) in bytes (0: the default).
+    pub kernel_transmit_buffer_size_b: u64,
+    /// Bytes of the shared-memory ring per shard: a power of two in
+    /// 64 KiB..=4 GiB.
+    pub ring_size_b: u64,
+    /// `"auto"`, `"io_uring"` (multishot `recvmsg` into the ring) or
+    /// `"glommio_read"` (`recvmmsg` when the socket is readable).
+    pub receive_path: ReceivePathChoice,
+    /// Largest datagram kept whole (1..=65_535, default 65_507): the
+    /// receive slot is sized to it; a longer datagram is kept truncated,
+    /// flagged and counted.
+    pub max_datagram_size_b: u64,
+    /// Whether to ask the kernel for each datagram's receive time
+    /// (`SO_TIMESTAMPING`, software; hardware where the card stamps).
+    pub kernel_timestamps: bool,
+    /// Multicast groups to join (IPv4 or IPv6).
+    pub multicast_groups: Vec<IpAddr>,
+    /// Interface to join the groups on, by name (`eth0`) or address; empty:
+    /// the kernel's choice (the route to the group).
+    pub multicast_interface: String,
+    /// Sources for source-specific joins: when set, each group is joined
+    /// for these senders only.
+    pub multicast_sources: Vec<IpAddr>,
+    /// Whether multicast egress datagrams loop back to local receivers.
+    pub multicast_loop: bool,
+    /// Where egress datagrams without their own destination go (`ip:port`
+    /// or `host:port`, resolved when the file is read); none: such records
+    /// are dropped and counted.
+    #[serde(deserialize_with = "optional_listen_address")]
+    pub egress_destination: Option<SocketAddr>,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            name: "udp".to_owned(),
+            address: SocketAddr::from(([127, 0, 0, 1], 2368)),
+            group_size: 64,
+            group_timeout_us: 1000,
+            thread_priority: 0,
+            thread_processor_affinity: Vec::new(),
+            kernel_receive_buffer_size_b: 0,
+            kernel_transmit_buffer_size_b: 0,
+            ring_size_b: 64 * MIB,
+            receive_path: ReceivePathChoice::Auto,
+            max_datagram_size_b: MAX_UDP_PAYLOAD,
+            kernel_timestamps: true,
+            multicast_groups: Vec::new(),
+            multicast_interface: String::new(),
+            multicast_sources: Vec::new(),
+            multicast_loop: true,
+            egress_destination: None,
+        }
+    }
+}
+
+impl UdpConfig {
+    /// Parses and validates a single UDP stage table given at the top level
+    /// of `text`.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        load(text, None, Self::validate)
+    }
+
+    /// Checks every value's range and that multicast keys agree. Errors
+    /// name the key (relative to the stage's table) but no line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name(&self.name)?;
+        in_range("group_size", self.group_size, 1..=65_536)?;
+        in_range("group_timeout_us", self.group_timeout_us, 0..=10_000_000)?;
+        in_range("thread_priority", self.thread_priority, 0..=99)?;
+        check_affinity(&self.thread_processor_affinity)?;
+        in_range("kernel_receive_buffer_size_b", self.kernel_receive_buffer_size_b, KERNEL_BUFFER_RANGE)?;
+        in_range("kernel_transmit_buffer_size_b", self.kernel_transmit_buffer_size_b, KERNEL_BUFFER_RANGE)?;
+        check_ring_size(self.ring_size_b)?;
+        in_range("max_datagram_size_b", self.max_datagram_size_b, 1..=65_535)?;
+        for (i, group) in self.multicast_groups.iter().enumerate() {
+            let key = format!("multicast_groups[{i}]");
+            if !group.is_multicast() {
+                return Err(invalid(&key, format!("{group} is not a multicast address")));
+            }
+            let bindable = match (group, self.address.ip()) {
+                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => true,
+                // A dual-stack socket on [::] receives IPv4 groups too.
+                (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
+                (IpAddr::V6(_), IpAddr::V4(_)) => false,
+            };
+            if !bindable {
+                let message = format!("{group} cannot be joined by a socket bound to {}", self.address.ip());
+                return Err(invalid(&key, message));
+            }
+        }
+        for (i, source) in self.multicast_sources.iter().enumerate() {
+            let key = format!("multicast_sources[{i}]");
+            if self.multicast_groups.is_empty() {
+                return Err(invalid(&key, "needs multicast_groups to join"));
+            }
+            if source.is_multicast() || source.is_unspecified() {
+                return Err(invalid(&key, format!("{source} is not a sender's address")));
+            }
+            if !self.multicast_groups.iter().any(|g| g.is_ipv4() == source.is_ipv4()) {
+                return Err(invalid(&key, format!("{source} is of another family than every group")));
+            }
+        }
+        let interface = &self.multicast_interface;
+        if !interface.is_empty()
+            && interface.parse::<IpAddr>().is_err()
+            && (interface.len() > 15 || interface.contains(|c: char| c == '/' || c.is_whitespace()))
+        {
+            let message =
+                format!("must be an interface name (at most 15 bytes) or an address, got {interface:?}");
+            return Err(invalid("multicast_interface", message));
+        }
+        Ok(())
+    }
+}
+
 /// Why a configuration was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -268,6 +418,7 @@ impl Default for EngineConfig {
             metrics: MetricsConfig::default(),
             tcp_server: vec![TcpServerConfig::default()],
             tcp_client: Vec::new(),
+            udp: Vec::new(),
         }
     }
 }
@@ -353,6 +504,11 @@ impl EngineConfig {
         }
         for (i, stage) in self.tcp_client.iter().enumerate() {
             let table = format!("tcp_client[{i}]");
+            stage.validate().map_err(|e| e.within(&table))?;
+            claim_name(&mut owners, &stage.name, table)?;
+        }
+        for (i, stage) in self.udp.iter().enumerate() {
+            let table = format!("udp[{i}]");
             stage.validate().map_err(|e| e.within(&table))?;
             claim_name(&mut owners, &stage.name, table)?;
         }
@@ -887,6 +1043,72 @@ keepalive_s = 0
 # 4096..=262144 (4 KiB..=256 KiB); at most ring_size_b / 64 (at least 4 KiB)
 # is used. 64 KiB.
 # receive_slot_size_b = 65536
+
+# A UDP stage: receives datagrams (unicast or multicast: lidars, RTP
+# cameras) and publishes them, in datagram groups, into channels under its
+# name (<name>/packet_group); what is published to <name>/egress_packets is
+# sent as datagrams (sensor commands). Repeat the table for more stages.
+# The values shown are the defaults.
+# [[udp]]
+# Namespace of the stage's channels, with the same rules as a server's name.
+# name = "udp"
+# Local address and port to bind (port 0: any free port); a host name is
+# resolved when the file is read. Bind the group's address (239.1.2.3:2368)
+# or the wildcard (0.0.0.0:2368) to receive multicast.
+# address = "127.0.0.1:2368"
+# Datagrams per published group, 1..=65536.
+# group_size = 64
+# Microseconds after its first datagram that a partial group is published,
+# 0..=10000000; 0 publishes every datagram at once.
+# group_timeout_us = 1000
+# SCHED_FIFO priority of the stage's executor threads, 0..=99; 0 keeps the
+# normal scheduler (needs CAP_SYS_NICE, else a warning and normal priority).
+# thread_priority = 0
+# Processors (0..=1023, no duplicates): one executor pinned to each, each
+# with its own socket (SO_REUSEPORT). The kernel hashes each flow (source
+# address and port) to one socket, so one sensor's datagrams land on one
+# executor, in order; each multicast group is joined on one executor.
+# [] runs one unpinned executor.
+# thread_processor_affinity = []
+# Kernel receive buffer per socket in bytes, 0..=2147483647; 0: the kernel's
+# default. UDP cannot push back: this buffer absorbs bursts while a lossless
+# reader holds the ring full, and what does not fit is dropped by the kernel
+# (counted in socket_stats as kernel_drops). Set with SO_RCVBUFFORCE when
+# permitted (root or CAP_NET_ADMIN), else clamped to net.core.rmem_max with
+# a warning. A lidar stage wants several MiB (16777216).
+# kernel_receive_buffer_size_b = 0
+# Kernel transmit buffer (SO_SNDBUF) in bytes for egress datagrams,
+# 0..=2147483647; 0: the kernel's default.
+# kernel_transmit_buffer_size_b = 0
+# Bytes of shared-memory ring per shard of the packet channel: a power of two
+# in 65536..=4294967296 (64 KiB..=4 GiB). 64 MiB.
+# ring_size_b = 67108864
+# Receive path: "auto" (io_uring multishot recvmsg straight into the shared
+# ring when the kernel supports it, else "glommio_read"), "io_uring" (fail to
+# start without it) or "glommio_read" (recvmmsg in batches when the socket is
+# readable).
+# receive_path = "auto"
+# Largest datagram kept whole, 1..=65535: each io_uring receive slot is sized
+# to it (1206 for Velodyne packets saves ring space). A longer datagram is
+# kept truncated, flagged and counted, never silently. 65507 is the largest
+# IPv4 UDP payload.
+# max_datagram_size_b = 65507
+# Ask the kernel for each datagram's receive time (SO_TIMESTAMPING: software,
+# and hardware where the network card stamps packets).
+# kernel_timestamps = true
+# Multicast groups to join, IPv4 or IPv6 (["239.1.2.3", "ff15::7"]).
+# multicast_groups = []
+# Interface to join them on, by name ("eth0") or address; "": the kernel's
+# choice (the route to the group).
+# multicast_interface = ""
+# Senders for source-specific joins (SSM): when set, each group is joined
+# for these sources only.
+# multicast_sources = []
+# Whether multicast egress datagrams loop back to receivers on this host.
+# multicast_loop = true
+# Where egress records without their own destination go (ip:port or
+# host:port); unset: such records are dropped and counted.
+# egress_destination = "192.168.1.201:2368"
 "#;
 
 #[cfg(test)]
@@ -993,6 +1215,98 @@ mod tests {
         ("reconnect_backoff_initial_ms", &["1", "5000"], &["0", "3600001"]),
         ("reconnect_backoff_max_ms", &["100", "3600000"], &["99", "3600001"]),
     ];
+
+    const UDP_RANGES: &[RangeCase] = &[
+        ("name", &[r#""lidar/front""#], &[r#""""#, r#""a b""#]),
+        (
+            "address",
+            &[r#""0.0.0.0:2368""#, r#""[::]:0""#, r#""localhost:0""#],
+            &[r#""1.2.3.4""#, r#"":2368""#],
+        ),
+        ("group_size", &["1", "65536"], &["0", "65537"]),
+        ("group_timeout_us", &["0", "10000000"], &["10000001"]),
+        ("thread_priority", &["0", "99"], &["100"]),
+        ("thread_processor_affinity", &["[]", "[1023, 0]"], &["[1024]", "[3, 3]"]),
+        ("kernel_receive_buffer_size_b", &["0", "2147483647"], &["2147483648"]),
+        ("kernel_transmit_buffer_size_b", &["0", "2147483647"], &["2147483648"]),
+        ("ring_size_b", &["65536", "4294967296"], &["32768", "100000"]),
+        ("receive_path", &[r#""auto""#, r#""io_uring""#, r#""glommio_read""#], &[r#""recvmmsg""#]),
+        ("max_datagram_size_b", &["1", "1206", "65535"], &["0", "65536"]),
+        ("kernel_timestamps", &["false"], &[]),
+        (
+            "multicast_groups",
+            &["[]", r#"["239.1.2.3", "224.0.0.251"]"#],
+            &[r#"["10.0.0.1"]"#, r#"["ff15::7"]"#, r#"["239.1.2.3", "x"]"#],
+        ),
+        (
+            "multicast_interface",
+            &[r#""""#, r#""eth0""#, r#""10.0.0.1""#],
+            &[r#""a very long interface name""#],
+        ),
+        ("multicast_loop", &["false"], &[]),
+        ("egress_destination", &[r#""192.168.1.201:2368""#, r#""localhost:9""#], &[r#""192.168.1.201""#]),
+    ];
+
+    #[test]
+    fn udp_values_on_the_edges_of_their_range_are_accepted_and_beyond_rejected() {
+        for (key, accepted, rejected) in UDP_RANGES {
+            for value in *accepted {
+                if let Err(e) = EngineConfig::from_toml_str(&stage_with("udp", key, value)) {
+                    panic!("udp.{key} = {value} rejected: {e}");
+                }
+            }
+            for value in *rejected {
+                let (error_key, line, message) =
+                    invalid_parts(EngineConfig::from_toml_str(&stage_with("udp", key, value)));
+                let expected = format!("udp[0].{key}");
+                assert!(error_key.starts_with(&expected), "udp.{key} = {value}: {error_key}: {message}");
+                assert_eq!(line, Some(3), "udp.{key} = {value}: {message}");
+            }
+        }
+        let covered: Vec<&str> = UDP_RANGES.iter().map(|(key, _, _)| *key).collect();
+        for key in keys_of::<UdpConfig>() {
+            assert!(covered.contains(key) || *key == "multicast_sources", "udp.{key} has no range case");
+        }
+    }
+
+    #[test]
+    fn udp_multicast_keys_must_agree() {
+        let any = "address = \"0.0.0.0:2368\"\n";
+        let cases = [
+            (
+                format!("{any}multicast_sources = [\"10.0.0.9\"]"),
+                "multicast_sources[0]",
+                "needs multicast_groups",
+            ),
+            (
+                format!("{any}multicast_groups = [\"232.1.1.1\"]\nmulticast_sources = [\"232.0.0.1\"]"),
+                "multicast_sources[0]",
+                "not a sender",
+            ),
+            (
+                format!("{any}multicast_groups = [\"232.1.1.1\"]\nmulticast_sources = [\"fd00::1\"]"),
+                "multicast_sources[0]",
+                "another family",
+            ),
+            (
+                "address = \"127.0.0.1:2368\"\nmulticast_groups = [\"ff15::7\"]".to_owned(),
+                "multicast_groups[0]",
+                "cannot be joined",
+            ),
+        ];
+        for (body, key, expected) in cases {
+            let (error_key, _, message) =
+                invalid_parts(EngineConfig::from_toml_str(&format!("[[udp]]\n{body}\n")));
+            assert_eq!(error_key, format!("udp[0].{key}"), "{message}");
+            assert!(message.contains(expected), "{message}");
+        }
+        let ssm = "[[udp]]\naddress = \"[::]:2368\"\nmulticast_groups = [\"232.1.1.1\", \"ff35::7\"]\n\
+                   multicast_sources = [\"10.0.0.9\"]\nmulticast_interface = \"lo\"\n";
+        let config = EngineConfig::from_toml_str(ssm).unwrap();
+        assert_eq!(config.udp[0].multicast_sources, ["10.0.0.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(config.udp[0].max_datagram_size_b, MAX_UDP_PAYLOAD);
+        assert_eq!(UdpConfig::from_toml_str("").unwrap(), UdpConfig::default());
+    }
 
     #[test]
     fn values_on_the_edges_of_their_range_are_accepted() {
@@ -1304,6 +1618,7 @@ mod tests {
                 ring_size_b: 64 * KIB,
                 ..TcpClientConfig::default()
             }],
+            udp: Vec::new(),
         };
         assert_eq!(EngineConfig::from_toml_str(text).unwrap(), expected);
     }
@@ -1370,6 +1685,7 @@ mod tests {
             keys_of::<MetricsConfig>(),
             keys_of::<TcpServerConfig>(),
             keys_of::<TcpClientConfig>(),
+            keys_of::<UdpConfig>(),
         ];
         for key in keys.concat() {
             assert!(
@@ -1383,6 +1699,7 @@ mod tests {
     fn the_commented_out_settings_of_the_default_file_are_the_defaults() {
         let is_setting = |line: &str| {
             line == "[[tcp_client]]"
+                || line == "[[udp]]"
                 || line
                     .split_once(" = ")
                     .is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
@@ -1396,6 +1713,10 @@ mod tests {
             bus: BusConfig { dir: Some(PathBuf::from(shm_bus::DEFAULT_BUS_DIR)), ..Default::default() },
             metrics: MetricsConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) },
             tcp_client: vec![TcpClientConfig::default()],
+            udp: vec![UdpConfig {
+                egress_destination: Some(SocketAddr::from(([192, 168, 1, 201], 2368))),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         assert_eq!(config, expected);

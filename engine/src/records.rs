@@ -8,6 +8,11 @@
 //! | `<name>/egress_packets` | [`KIND_EGRESS`] | an [`EgressHeader`], then the bytes to send |
 //! | `<name>/egress_outcomes` | [`KIND_EGRESS_OUTCOME`] | an [`EgressOutcome`]: what became of one egress record |
 //!
+//! A UDP stage publishes [`KIND_DATAGRAM_GROUP`] groups ([`DatagramGroupWriter`],
+//! [`decode_datagram_group`]) and [`UdpSocketStats`], and reads
+//! [`KIND_DATAGRAM_EGRESS`] records ([`DatagramEgressHeader`]) as well as
+//! plain egress records.
+//!
 //! A packet group has a fixed binary layout that the engine fills in place:
 //! the kernel receives straight into the shm-bus reservation. The control
 //! records (events, stats, the egress header) are bincode 2 with fixed-width
@@ -21,6 +26,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use bincode::config::{Configuration, Fixint, LittleEndian};
 use bincode::{Decode, Encode};
+
+mod datagrams;
+pub use datagrams::*;
 
 /// Record kind of a packet group, on `<name>/packet_group`.
 pub const KIND_PACKET_GROUP: u16 = 1;
@@ -583,6 +591,17 @@ pub enum DecodeError {
     /// A packet group has a layout version this reader does not know.
     #[error("packet group version {0} is not supported (this reader knows versions 1 and 2)")]
     UnsupportedVersion(u8),
+    /// A datagram group has a layout version this reader does not know.
+    #[error("datagram group version {0} is not supported (this reader knows version 1)")]
+    UnsupportedDatagramVersion(u8),
+    /// A datagram's header contradicts itself.
+    #[error("datagram {index} of the group is invalid: {what}")]
+    BadDatagram {
+        /// The datagram's index in the group, from 0.
+        index: u32,
+        /// What is wrong.
+        what: &'static str,
+    },
     /// A packet of a group goes past the end of the record.
     #[error("packet {index} of the group needs {needed} bytes, only {available} are left")]
     PacketTruncated {
@@ -969,6 +988,9 @@ mod tests {
             decode::<EgressHeader>(bytes).is_ok(),
             decode_egress(bytes).is_ok(),
             decode::<EgressOutcome>(bytes).is_ok(),
+            decode_datagram_group(bytes).is_ok(),
+            decode::<UdpSocketStats>(bytes).is_ok(),
+            decode_datagram_egress(bytes).is_ok(),
         ]
         .contains(&true)
     }
