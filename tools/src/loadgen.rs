@@ -35,7 +35,7 @@ pub struct LoadgenArgs {
     udp: bool,
     /// With --udp: sources, each a socket of its own (its own port) sending
     /// from its own thread.
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "udp",
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "connections",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     sources: u32,
     /// Bytes per message; with --udp, per datagram, or a range MIN-MAX of
@@ -54,12 +54,12 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// With --udp to a multicast group: its time to live (hops).
-    #[arg(long, value_name = "HOPS", default_value_t = 1, requires = "udp",
+    #[arg(long, value_name = "HOPS", default_value_t = 1, conflicts_with = "connections",
           value_parser = clap::value_parser!(u32).range(0..=255))]
     multicast_ttl: u32,
     /// With --udp to a multicast group: the interface to send on, by name
     /// (eth0) or address [default: the route to the group].
-    #[arg(long, value_name = "NAME|ADDR", requires = "udp")]
+    #[arg(long, value_name = "NAME|ADDR", conflicts_with = "connections")]
     multicast_interface: Option<String>,
     /// Prints the stage table that receives this load (a commented
     /// [[tcp_server]], or with --udp [[udp]], on ADDR), ready for `ringest

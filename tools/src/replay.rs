@@ -68,20 +68,20 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "ADDR", conflicts_with = "conns")]
     udp: Option<String>,
     /// With --udp to a multicast group: its time to live (hops).
-    #[arg(long, value_name = "HOPS", default_value_t = 1, requires = "udp",
+    #[arg(long, value_name = "HOPS", default_value_t = 1, conflicts_with_all = ["connect", "listen"],
           value_parser = clap::value_parser!(u32).range(0..=255))]
     multicast_ttl: u32,
     /// With --udp to a multicast group: the interface to send on, by name
     /// (eth0) or address [default: the route to the group].
-    #[arg(long, value_name = "NAME|ADDR", requires = "udp")]
+    #[arg(long, value_name = "NAME|ADDR", conflicts_with_all = ["connect", "listen"])]
     multicast_interface: Option<String>,
     /// With a capture: replays the datagrams sent to this UDP port only
     /// (repeat for more) [default: every port].
-    #[arg(long = "udp-port", value_name = "PORT", requires = "udp")]
+    #[arg(long = "udp-port", value_name = "PORT", conflicts_with_all = ["connect", "listen"])]
     udp_ports: Vec<u16>,
     /// With a capture: replays the datagrams of this sender only, IP or
     /// ip:port (repeat for more) [default: every sender].
-    #[arg(long = "src", value_name = "IP[:PORT]", requires = "udp")]
+    #[arg(long = "src", value_name = "IP[:PORT]", conflicts_with_all = ["connect", "listen"])]
     sources: Vec<capture::SourceFilter>,
 }
 

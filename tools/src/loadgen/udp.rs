@@ -85,7 +85,8 @@ pub struct SourceReport {
     pub bytes: u64,
     /// Of the bytes of every datagram sent, in order.
     pub sha256: [u8; 32],
-    /// Datagrams the kernel refused (not in the counts or the sha256).
+    /// Datagrams the kernel refused (not in the counts or the sha256), and
+    /// refusals reported by the receiving host.
     pub failed: u64,
     pub first_error: Option<String>,
 }
@@ -207,6 +208,12 @@ impl Source {
                     rest = &rest[1..];
                 }
             }
+        }
+        // A refusal of the last datagrams ("port unreachable") waits on
+        // the socket: nobody received them.
+        if let Ok(Some(error)) = socket.take_error() {
+            report.failed += 1;
+            report.first_error.get_or_insert_with(|| error.to_string());
         }
         report.sha256 = sha256.finalize().into();
         Ok(report)

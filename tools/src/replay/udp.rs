@@ -198,6 +198,7 @@ pub fn run(replay: UdpReplay) -> anyhow::Result<()> {
         });
     }
     sender.flush();
+    sender.collect_refusals();
     progress.clear();
     let skipped = datagrams.capture_counts().map(|counts| counts.skipped()).filter(|s| !s.is_empty());
     println!(
@@ -211,7 +212,7 @@ pub fn run(replay: UdpReplay) -> anyhow::Result<()> {
     );
     if let Some(error) = sender.first_error {
         bail!(
-            "{} of {} could not be sent to {}, the first: {error}",
+            "{} of {} could not be sent to {} or were refused there, the first: {error}",
             sender.failed,
             human::plural(sender.failed + sender.sent, "datagram"),
             replay.target.address
@@ -255,6 +256,18 @@ impl Sender<'_> {
         }
         self.batch.push(datagram.data);
         Ok(())
+    }
+
+    /// Counts an error the kernel holds for a socket (a receiver that
+    /// refused a datagram sent last, "port unreachable"): it was sent but
+    /// did not arrive.
+    fn collect_refusals(&mut self) {
+        for socket in &self.sockets {
+            if let Ok(Some(error)) = socket.take_error() {
+                self.failed += 1;
+                self.first_error.get_or_insert(error);
+            }
+        }
     }
 
     /// Sends the batch; a datagram that fails is counted and skipped.
