@@ -22,8 +22,11 @@ fn receiver(address: &str) -> UdpSocket {
     socket
 }
 
-/// Every datagram that arrives until a pause: (when, from, bytes).
-fn receive_all(socket: &UdpSocket) -> Vec<(Instant, SocketAddr, Vec<u8>)> {
+/// Datagrams as they arrived: when, from, bytes.
+type Arrivals = Vec<(Instant, SocketAddr, Vec<u8>)>;
+
+/// Every datagram that arrives until a pause.
+fn receive_all(socket: &UdpSocket) -> Arrivals {
     let mut buf = vec![0; 65536];
     let mut received = Vec::new();
     while let Ok((len, from)) = socket.recv_from(&mut buf) {
@@ -43,7 +46,7 @@ fn ringest() -> Command {
 fn replay_into(
     socket: &UdpSocket,
     args: &[&str],
-) -> (std::process::ExitStatus, String, String, Vec<(Instant, SocketAddr, Vec<u8>)>) {
+) -> (std::process::ExitStatus, String, String, Arrivals) {
     let child = ringest()
         .arg("replay")
         .args(args)
