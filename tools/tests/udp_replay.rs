@@ -43,10 +43,7 @@ fn ringest() -> Command {
 
 /// Runs `ringest replay ARGS` while `socket` receives; returns the exit
 /// status, stdout, stderr and what arrived.
-fn replay_into(
-    socket: &UdpSocket,
-    args: &[&str],
-) -> (std::process::ExitStatus, String, String, Arrivals) {
+fn replay_into(socket: &UdpSocket, args: &[&str]) -> (std::process::ExitStatus, String, String, Arrivals) {
     let child = ringest()
         .arg("replay")
         .args(args)
