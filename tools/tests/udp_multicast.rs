@@ -1,8 +1,10 @@
 //! Multicast into UDP stages, with real `ringest run` processes inside a
-//! network namespace the test makes (loopback with multicast on, two
-//! sender addresses): two stages in two processes joined to one group
-//! receive the same datagrams, and a source-specific join filters by
-//! sender. Needs root (CI runs as root); elsewhere it says why it skips.
+//! network namespace the test makes: two stages in two processes joined to
+//! one group receive the same datagrams, a source-specific join filters by
+//! sender (loopback with multicast on, two sender addresses), and IPv6 and
+//! IPv4 groups reach a dual-stack stage joined on a named interface (a
+//! veth pair inside the namespace). Needs root (CI runs as root); elsewhere
+//! it says why it skips.
 
 mod common;
 
@@ -19,10 +21,10 @@ use shm_bus::{BusDir, Event, Reader, ReaderOptions, StartAt};
 struct Namespace(String);
 
 impl Namespace {
-    /// A namespace with `lo` up, multicast on `lo`, and the sender
-    /// addresses; `None` (with the reason printed) where this host does
-    /// not let the test make one.
-    fn new(tag: &str, senders: &[&str]) -> Option<Self> {
+    /// A namespace with `lo` up and then `setup` (arguments of `ip -n NS`);
+    /// `None` (with the reason printed) where this host does not let the
+    /// test make one.
+    fn new(tag: &str, setup: &[&[&str]]) -> Option<Self> {
         let name = format!("ringest-{tag}-{}", std::process::id());
         let ip = |args: &[&str]| Command::new("ip").args(args).output();
         match ip(&["netns", "add", &name]) {
@@ -40,17 +42,10 @@ impl Namespace {
             }
         }
         let namespace = Self(name);
-        let mut steps = vec![
-            vec!["link", "set", "lo", "up"],
-            vec!["link", "set", "lo", "multicast", "on"],
-            vec!["route", "add", "224.0.0.0/4", "dev", "lo"],
-        ];
-        for sender in senders {
-            steps.push(vec!["addr", "add", sender, "dev", "lo"]);
-        }
-        for step in steps {
+        let lo_up: &[&str] = &["link", "set", "lo", "up"];
+        for step in std::iter::once(lo_up).chain(setup.iter().copied()) {
             let mut args = vec!["-n", namespace.0.as_str()];
-            args.extend(&step);
+            args.extend(step);
             let out = ip(&args).unwrap();
             assert!(out.status.success(), "ip {args:?}: {}", common::text(&out.stderr));
         }
@@ -81,9 +76,13 @@ fn ringest_in(namespace: &Namespace, bus: &BusDir) -> Command {
 /// A UDP stage on port 5500 (the namespace is the test's own) joined to
 /// `groups`, for `sources` only when given.
 fn stage(name: &str, path: &str, groups: &[&str], sources: &[&str]) -> String {
+    stage_on(name, path, "0.0.0.0:5500", groups, sources)
+}
+
+fn stage_on(name: &str, path: &str, address: &str, groups: &[&str], sources: &[&str]) -> String {
     let list = |items: &[&str]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
     format!(
-        "[[udp]]\nname = \"{name}\"\nreceive_path = \"{path}\"\naddress = \"0.0.0.0:5500\"\nring_size_b = 4194304\nmax_datagram_size_b = 1500\n\
+        "[[udp]]\nname = \"{name}\"\nreceive_path = \"{path}\"\naddress = \"{address}\"\nring_size_b = 4194304\nmax_datagram_size_b = 1500\n\
          kernel_receive_buffer_size_b = 4194304\n\
          multicast_groups = [{}]\nmulticast_sources = [{}]\n",
         list(groups),
@@ -145,7 +144,13 @@ fn recvmmsg_stages_in_two_processes_get_the_same_group_and_a_source_specific_joi
 fn same_group_in_two_processes_and_a_source_specific_join(path: &str) {
     const EACH: usize = 100;
     let (near, far) = ("10.9.0.1", "10.9.0.2");
-    let Some(namespace) = Namespace::new(&path[..4], &[near, far]) else { return };
+    let setup: &[&[&str]] = &[
+        &["link", "set", "lo", "multicast", "on"],
+        &["route", "add", "224.0.0.0/4", "dev", "lo"],
+        &["addr", "add", near, "dev", "lo"],
+        &["addr", "add", far, "dev", "lo"],
+    ];
+    let Some(namespace) = Namespace::new(&path[..4], setup) else { return };
     let t = common::bus();
     let start = |name: &str, groups: &[&str], sources: &[&str]| {
         Daemon::start(ringest_in(&namespace, &t.bus), &stage(name, path, groups, sources))
@@ -186,6 +191,79 @@ fn same_group_in_two_processes_and_a_source_specific_join(path: &str) {
     assert_eq!((from.ip().to_string(), to), (near.to_owned(), group("232.1.2.3")));
     assert!(payloads == expected(near, "232.1.2.3"));
     for daemon in [&mut a, &mut b, &mut ssm] {
+        assert!(daemon.stop().success());
+    }
+}
+
+/// Sends `count` datagrams to each group from the given interfaces: IPv6
+/// groups out of `v6_interface` (by name), IPv4 ones from `v4_source`.
+const SEND_BOTH: &str = r#"
+import socket, sys
+count, v6_interface, v4_source = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+six = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, socket.if_nametoindex(v6_interface))
+four = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+four.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(v4_source))
+for group in sys.argv[4].split(","):
+    s = six if ":" in group else four
+    for i in range(count):
+        s.sendto(f"{group} {i}".encode(), (group, 5500))
+"#;
+
+#[test]
+fn ipv6_and_ipv4_groups_reach_a_dual_stack_stage_joined_on_a_named_interface() {
+    const EACH: usize = 50;
+    // A veth pair inside the namespace: datagrams leave by v0 and arrive
+    // on v1, where the stages join.
+    let setup: &[&[&str]] = &[
+        &["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+        &["link", "set", "v0", "up"],
+        &["link", "set", "v1", "up"],
+        &["-6", "addr", "add", "fd00::1/64", "dev", "v0", "nodad"],
+        &["-6", "addr", "add", "fd00::2/64", "dev", "v1", "nodad"],
+        &["addr", "add", "10.10.0.1/24", "dev", "v0"],
+        &["addr", "add", "10.10.0.2/24", "dev", "v1"],
+    ];
+    let Some(namespace) = Namespace::new("six", setup) else { return };
+    // IPv4 datagrams from an address of the namespace itself, coming in on
+    // another interface, are martians unless accepted as local.
+    for key in
+        ["net.ipv4.conf.v1.accept_local=1", "net.ipv4.conf.v1.rp_filter=0", "net.ipv4.conf.all.rp_filter=0"]
+    {
+        let out = namespace.exec("sysctl").args(["-qw", key]).output().unwrap();
+        assert!(out.status.success(), "sysctl {key}: {}", common::text(&out.stderr));
+    }
+    let t = common::bus();
+    let by_name = format!(
+        "{}multicast_interface = \"v1\"\n",
+        stage_on("named", "auto", "[::]:5500", &["ff15::7", "239.1.2.4"], &[])
+    );
+    let by_address = format!(
+        "{}multicast_interface = \"fd00::2\"\n",
+        stage_on("addressed", "auto", "[::]:5500", &["ff15::7"], &[])
+    );
+    let mut named = Daemon::start(ringest_in(&namespace, &t.bus), &by_name);
+    let mut addressed = Daemon::start(ringest_in(&namespace, &t.bus), &by_address);
+    let sent = namespace
+        .exec("python3")
+        .args(["-c", SEND_BOTH, &EACH.to_string(), "v0", "10.10.0.1", "ff15::7,239.1.2.4"])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "sender: {}", common::text(&sent.stderr));
+    let expected =
+        |group: &str| -> Vec<Vec<u8>> { (0..EACH).map(|i| format!("{group} {i}").into_bytes()).collect() };
+    let got = datagrams(&t.bus, "named", 2 * EACH);
+    let to = |group: &str| -> SocketAddr { SocketAddr::new(group.parse().unwrap(), 5500) };
+    let from_group =
+        |got: &BTreeMap<(SocketAddr, SocketAddr), Vec<Vec<u8>>>, group: &str| -> (String, Vec<Vec<u8>>) {
+            let ((from, _), payloads) = got.iter().find(|((_, dest), _)| *dest == to(group)).expect(group);
+            (from.ip().to_string(), payloads.clone())
+        };
+    assert_eq!(from_group(&got, "ff15::7"), ("fd00::1".to_owned(), expected("ff15::7")));
+    assert_eq!(from_group(&got, "239.1.2.4"), ("10.10.0.1".to_owned(), expected("239.1.2.4")));
+    let got = datagrams(&t.bus, "addressed", EACH);
+    assert_eq!(from_group(&got, "ff15::7"), ("fd00::1".to_owned(), expected("ff15::7")));
+    for daemon in [&mut named, &mut addressed] {
         assert!(daemon.stop().success());
     }
 }
