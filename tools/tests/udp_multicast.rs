@@ -99,7 +99,8 @@ fn datagrams(bus: &BusDir, stage: &str, count: usize) -> BTreeMap<(SocketAddr, S
     let mut seen = 0;
     let deadline = Instant::now() + DEADLINE;
     while seen < count {
-        assert!(Instant::now() < deadline, "{stage}: {seen} of {count} datagrams");
+        let senders: Vec<_> = got.iter().map(|(k, v)| (k, v.len())).collect();
+        assert!(Instant::now() < deadline, "{stage}: {seen} of {count} datagrams: {senders:?}");
         if let Some(Event::Record(sample)) = reader.recv_timeout(Duration::from_millis(50)).unwrap() {
             for d in records::decode_datagram_group(sample.payload()).unwrap() {
                 got.entry((d.meta.source.into(), d.meta.destination.into()))
@@ -196,7 +197,8 @@ fn same_group_in_two_processes_and_a_source_specific_join(path: &str) {
 }
 
 /// Sends `count` datagrams to each group from the given interfaces: IPv6
-/// groups out of `v6_interface` (by name), IPv4 ones from `v4_source`.
+/// groups out of `v6_interface` (by name), IPv4 ones from `v4_source`;
+/// port 5500 for IPv6, 5501 for IPv4.
 const SEND_BOTH: &str = r#"
 import socket, sys
 count, v6_interface, v4_source = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -205,13 +207,13 @@ six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, socket.if_nametoin
 four = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 four.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(v4_source))
 for group in sys.argv[4].split(","):
-    s = six if ":" in group else four
+    s, port = (six, 5500) if ":" in group else (four, 5501)
     for i in range(count):
-        s.sendto(f"{group} {i}".encode(), (group, 5500))
+        s.sendto(f"{group} {i}".encode(), (group, port))
 "#;
 
 #[test]
-fn ipv6_and_ipv4_groups_reach_a_dual_stack_stage_joined_on_a_named_interface() {
+fn groups_of_both_families_reach_stages_joined_on_an_interface_named_or_given_by_address() {
     const EACH: usize = 50;
     // A veth pair inside the namespace: datagrams leave by v0 and arrive
     // on v1, where the stages join.
@@ -224,26 +226,25 @@ fn ipv6_and_ipv4_groups_reach_a_dual_stack_stage_joined_on_a_named_interface() {
         &["addr", "add", "10.10.0.1/24", "dev", "v0"],
         &["addr", "add", "10.10.0.2/24", "dev", "v1"],
     ];
-    let Some(namespace) = Namespace::new("six", setup) else { return };
+    let Some(namespace) = Namespace::new("both", setup) else { return };
     // IPv4 datagrams from an address of the namespace itself, coming in on
     // another interface, are martians unless accepted as local.
-    for key in
-        ["net.ipv4.conf.v1.accept_local=1", "net.ipv4.conf.v1.rp_filter=0", "net.ipv4.conf.all.rp_filter=0"]
-    {
-        let out = namespace.exec("sysctl").args(["-qw", key]).output().unwrap();
-        assert!(out.status.success(), "sysctl {key}: {}", common::text(&out.stderr));
+    for (key, value) in [("v1/accept_local", "1"), ("v1/rp_filter", "0"), ("all/rp_filter", "0")] {
+        let write = format!("echo {value} > /proc/sys/net/ipv4/conf/{key}");
+        let out = namespace.exec("sh").args(["-c", &write]).output().unwrap();
+        assert!(out.status.success(), "{write}: {}", common::text(&out.stderr));
     }
     let t = common::bus();
-    let by_name = format!(
-        "{}multicast_interface = \"v1\"\n",
-        stage_on("named", "auto", "[::]:5500", &["ff15::7", "239.1.2.4"], &[])
-    );
-    let by_address = format!(
-        "{}multicast_interface = \"fd00::2\"\n",
-        stage_on("addressed", "auto", "[::]:5500", &["ff15::7"], &[])
-    );
-    let mut named = Daemon::start(ringest_in(&namespace, &t.bus), &by_name);
-    let mut addressed = Daemon::start(ringest_in(&namespace, &t.bus), &by_address);
+    let joined_on = |name: &str, address: &str, group: &str, interface: &str| {
+        let config = format!(
+            "{}multicast_interface = \"{interface}\"\n",
+            stage_on(name, "auto", address, &[group], &[])
+        );
+        Daemon::start(ringest_in(&namespace, &t.bus), &config)
+    };
+    let mut six_by_name = joined_on("six_by_name", "[::]:5500", "ff15::7", "v1");
+    let mut six_by_address = joined_on("six_by_address", "[::]:5500", "ff15::7", "fd00::2");
+    let mut four_by_name = joined_on("four_by_name", "0.0.0.0:5501", "239.1.2.4", "v1");
     let sent = namespace
         .exec("python3")
         .args(["-c", SEND_BOTH, &EACH.to_string(), "v0", "10.10.0.1", "ff15::7,239.1.2.4"])
@@ -252,18 +253,18 @@ fn ipv6_and_ipv4_groups_reach_a_dual_stack_stage_joined_on_a_named_interface() {
     assert!(sent.status.success(), "sender: {}", common::text(&sent.stderr));
     let expected =
         |group: &str| -> Vec<Vec<u8>> { (0..EACH).map(|i| format!("{group} {i}").into_bytes()).collect() };
-    let got = datagrams(&t.bus, "named", 2 * EACH);
-    let to = |group: &str| -> SocketAddr { SocketAddr::new(group.parse().unwrap(), 5500) };
-    let from_group =
-        |got: &BTreeMap<(SocketAddr, SocketAddr), Vec<Vec<u8>>>, group: &str| -> (String, Vec<Vec<u8>>) {
-            let ((from, _), payloads) = got.iter().find(|((_, dest), _)| *dest == to(group)).expect(group);
-            (from.ip().to_string(), payloads.clone())
-        };
-    assert_eq!(from_group(&got, "ff15::7"), ("fd00::1".to_owned(), expected("ff15::7")));
-    assert_eq!(from_group(&got, "239.1.2.4"), ("10.10.0.1".to_owned(), expected("239.1.2.4")));
-    let got = datagrams(&t.bus, "addressed", EACH);
-    assert_eq!(from_group(&got, "ff15::7"), ("fd00::1".to_owned(), expected("ff15::7")));
-    for daemon in [&mut named, &mut addressed] {
+    let only = |stage: &str, source: &str, group: SocketAddr| {
+        let got = datagrams(&t.bus, stage, EACH);
+        let keys: Vec<_> = got.keys().collect();
+        assert_eq!(keys.len(), 1, "{stage}: one sender, one group: {keys:?}");
+        let ((from, to), payloads) = got.into_iter().next().unwrap();
+        assert_eq!((from.ip().to_string().as_str(), to), (source, group), "{stage}");
+        assert!(payloads == expected(&group.ip().to_string()), "{stage}: every datagram, in order");
+    };
+    only("six_by_name", "fd00::1", "[ff15::7]:5500".parse().unwrap());
+    only("six_by_address", "fd00::1", "[ff15::7]:5500".parse().unwrap());
+    only("four_by_name", "10.10.0.1", "239.1.2.4:5501".parse().unwrap());
+    for daemon in [&mut six_by_name, &mut six_by_address, &mut four_by_name] {
         assert!(daemon.stop().success());
     }
 }
