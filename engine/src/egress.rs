@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use shm_bus::{AttachError, BusDir, Event, Reader, ReaderOptions, ShardWriter};
 
-use crate::inbox::{Command, Egress, InboxSender};
+use crate::inbox::{Command, Egress, EgressTarget, InboxSender};
 use crate::records::{self, EgressOutcome};
 use crate::stage::{EGRESS_PACKETS, channel_name};
 
@@ -129,7 +129,8 @@ pub(crate) fn spawn_outcome_publisher(
 }
 
 /// Reads `<stage>/egress_packets` (published by any process) and hands
-/// each record to every executor. A thread, because waiting on the bus is
+/// each record to every executor of `executors` (a UDP stage sends from
+/// executor 0 only, and passes only its inbox). A thread, because waiting on the bus is
 /// a blocking futex wait that must not stall an executor. Ends when the
 /// sender of the returned channel is dropped.
 pub(crate) fn spawn_reader(
@@ -160,14 +161,20 @@ pub(crate) fn spawn_reader(
                 let generation = reader.generation();
                 match reader.recv_timeout(Duration::from_millis(100)) {
                     Ok(Some(Event::Record(sample))) => {
-                        if sample.kind() != records::KIND_EGRESS {
-                            continue;
-                        }
                         let id = EgressId { generation, shard: sample.shard(), seq: sample.seq() };
-                        match records::decode_egress(sample.payload()) {
-                            Ok((header, bytes)) => {
-                                let egress =
-                                    Arc::new(Egress { id, target: header.target, bytes: bytes.to_vec() });
+                        let decoded = match sample.kind() {
+                            records::KIND_EGRESS => records::decode_egress(sample.payload())
+                                .map(|(header, bytes)| (EgressTarget::Connections(header.target), bytes)),
+                            records::KIND_DATAGRAM_EGRESS => {
+                                records::decode_datagram_egress(sample.payload()).map(|(header, bytes)| {
+                                    (EgressTarget::Datagram(header.destination.map(Into::into)), bytes)
+                                })
+                            }
+                            _ => continue,
+                        };
+                        match decoded {
+                            Ok((target, bytes)) => {
+                                let egress = Arc::new(Egress { id, target, bytes: bytes.to_vec() });
                                 for executor in &executors {
                                     executor.send(Command::Egress(egress.clone()));
                                 }

@@ -22,14 +22,24 @@ pub(crate) struct NewConnection {
     pub(crate) local: SocketAddr,
 }
 
-/// Bytes to send to the stage's clients.
+/// Bytes to send: to the stage's connections, or as a datagram.
 #[derive(Debug)]
 pub(crate) struct Egress {
     /// Which record of the egress channel: its outcome names it.
     pub(crate) id: EgressId,
-    /// One connection, or every connection.
-    pub(crate) target: Option<u64>,
+    pub(crate) target: EgressTarget,
     pub(crate) bytes: Vec<u8>,
+}
+
+/// Where an egress record goes, as its record kind says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EgressTarget {
+    /// An egress record (kind 4): one connection, or every connection
+    /// (a UDP stage sends the latter to its `egress_destination`).
+    Connections(Option<u64>),
+    /// A datagram egress record (kind 8): this address, or the stage's
+    /// `egress_destination`.
+    Datagram(Option<SocketAddr>),
 }
 
 /// What an executor is told from outside.

@@ -21,27 +21,34 @@
 //!
 //! and writes the records any process publishes on `N/egress_packets` to
 //! its connections, publishing what became of each on `N/egress_outcomes`.
+//!
+//! A UDP stage named `N` ([`Engine::udp`]) publishes DatagramGroup records
+//! on `N/packet_group` (one shard per executor, each with its own
+//! `SO_REUSEPORT` socket) and UdpSocketStats on `N/socket_stats`, and sends
+//! the records published on `N/egress_packets` as datagrams.
+//!
+//! The modules: `executor` (the threads) and
+//! `runtime` (the flusher and the io_uring driver every executor runs) are
+//! shared; `tcp` and `udp` hold each kind of stage; `stage` the running
+//! stage and its channels; `sys` every `unsafe` block.
 
 #![deny(unsafe_code)]
 
 pub mod config;
-mod connection;
 mod egress;
 mod executor;
 mod inbox;
-mod ingest;
 mod liveness;
 pub mod records;
+mod runtime;
 mod stage;
-mod stats;
 #[allow(unsafe_code)]
 mod sys;
-mod tcp_client;
-mod tcp_server;
-mod uring_receiver;
+mod tcp;
+mod udp;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use shm_bus::BusDir;
@@ -52,9 +59,9 @@ pub use stage::{
     CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, channel_name,
 };
 
-use crate::config::{EngineConfig, TcpClientConfig, TcpServerConfig};
-use crate::records::SocketStats;
-use crate::stage::Stage;
+use crate::config::{EngineConfig, TcpClientConfig, TcpServerConfig, UdpConfig};
+use crate::records::{SocketStats, UdpSocketStats};
+use crate::stage::{LatestStats, Stage};
 
 /// Starting or running the engine failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +85,20 @@ pub struct Engine {
     heartbeat: Option<Duration>,
     tcp_servers: Vec<TcpServerConfig>,
     tcp_clients: Vec<TcpClientConfig>,
+    udp: Vec<UdpConfig>,
 }
 
 impl Engine {
     /// An engine publishing into `bus`, with channel files of mode 0600.
     pub fn new(bus: BusDir) -> Self {
-        Self { bus, mode: 0o600, heartbeat: None, tcp_servers: Vec::new(), tcp_clients: Vec::new() }
+        Self {
+            bus,
+            mode: 0o600,
+            heartbeat: None,
+            tcp_servers: Vec::new(),
+            tcp_clients: Vec::new(),
+            udp: Vec::new(),
+        }
     }
 
     /// An engine with every stage of a daemon configuration. `bus` is
@@ -96,6 +111,7 @@ impl Engine {
             heartbeat: None,
             tcp_servers: config.tcp_server,
             tcp_clients: config.tcp_client,
+            udp: config.udp,
         }
     }
 
@@ -119,6 +135,12 @@ impl Engine {
         self
     }
 
+    /// Adds a UDP stage.
+    pub fn udp(mut self, config: UdpConfig) -> Self {
+        self.udp.push(config);
+        self
+    }
+
     /// Adds a TCP client stage.
     pub fn tcp_client(mut self, config: TcpClientConfig) -> Self {
         self.tcp_clients.push(config);
@@ -131,6 +153,7 @@ impl Engine {
     pub fn start(self) -> Result<EngineHandle, EngineError> {
         let mut handle = EngineHandle { stages: Vec::new() };
         let names = self.tcp_servers.iter().map(|c| &c.name).chain(self.tcp_clients.iter().map(|c| &c.name));
+        let names = names.chain(self.udp.iter().map(|c| &c.name));
         let mut seen = std::collections::HashSet::new();
         for name in names {
             if !seen.insert(name) {
@@ -139,10 +162,13 @@ impl Engine {
         }
         // On error, `handle` drops and stops what already started.
         for config in self.tcp_servers {
-            handle.stages.push(stage::start_tcp_server(&self.bus, self.mode, self.heartbeat, config)?);
+            handle.stages.push(tcp::start_tcp_server(&self.bus, self.mode, self.heartbeat, config)?);
         }
         for config in self.tcp_clients {
-            handle.stages.push(stage::start_tcp_client(&self.bus, self.mode, self.heartbeat, config)?);
+            handle.stages.push(tcp::start_tcp_client(&self.bus, self.mode, self.heartbeat, config)?);
+        }
+        for config in self.udp {
+            handle.stages.push(udp::start(&self.bus, self.mode, self.heartbeat, config)?);
         }
         Ok(handle)
     }
@@ -168,9 +194,9 @@ impl EngineHandle {
         self.stages.iter().find(|s| s.name == name)
     }
 
-    /// The address server stage `name` listens on, once bound (waits up to
-    /// `timeout`; `None` if it is not bound by then, or there is no such
-    /// server stage).
+    /// The address server stage `name` listens on, or UDP stage `name` is
+    /// bound to, once bound (waits up to `timeout`; `None` if it is not
+    /// bound by then, or there is no such stage).
     pub fn wait_bound(&self, name: &str, timeout: Duration) -> Option<SocketAddr> {
         self.stage(name)?.bound.wait(timeout)
     }
@@ -191,13 +217,25 @@ impl EngineHandle {
     /// The latest socket statistics of stage `name` (published once a
     /// second on `<name>/socket_stats`).
     pub fn stats(&self, name: &str) -> Option<SocketStats> {
-        self.stage(name)?.latest_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        match &self.stage(name)?.stats {
+            LatestStats::Tcp(latest) => latest.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            LatestStats::Udp(_) => None,
+        }
+    }
+
+    /// The latest statistics of UDP stage `name` (published once a second
+    /// on `<name>/socket_stats`).
+    pub fn udp_stats(&self, name: &str) -> Option<UdpSocketStats> {
+        match &self.stage(name)?.stats {
+            LatestStats::Udp(latest) => latest.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            LatestStats::Tcp(_) => None,
+        }
     }
 
     /// Every stage's latest statistics, for another thread to read (e.g. a
     /// metrics endpoint) while the engine runs.
     pub fn stats_view(&self) -> StatsView {
-        StatsView { stages: self.stages.iter().map(|s| (s.name.clone(), s.latest_stats.clone())).collect() }
+        StatsView { stages: self.stages.iter().map(|s| (s.name.clone(), s.stats.clone())).collect() }
     }
 
     /// Every executor's heartbeat counter, for a watchdog thread; empty
@@ -229,17 +267,37 @@ impl EngineHandle {
 /// another thread. After the engine stops it keeps the last records.
 #[derive(Clone, Debug)]
 pub struct StatsView {
-    stages: Vec<(String, Arc<Mutex<Option<SocketStats>>>)>,
+    stages: Vec<(String, LatestStats)>,
 }
 
 impl StatsView {
-    /// Each stage's name and latest statistics (`None` before the first
-    /// record, about a second after the start), in start order.
+    /// Each TCP stage's name and latest statistics (`None` before the
+    /// first record, about a second after the start), in start order.
     pub fn latest(&self) -> Vec<(&str, Option<SocketStats>)> {
-        let read =
-            |latest: &Mutex<Option<SocketStats>>| latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.stages.iter().map(|(name, latest)| (name.as_str(), read(latest))).collect()
+        self.stages
+            .iter()
+            .filter_map(|(name, stats)| match stats {
+                LatestStats::Tcp(latest) => Some((name.as_str(), read(latest))),
+                LatestStats::Udp(_) => None,
+            })
+            .collect()
     }
+
+    /// Each UDP stage's name and latest statistics, in start order.
+    pub fn latest_udp(&self) -> Vec<(&str, Option<UdpSocketStats>)> {
+        self.stages
+            .iter()
+            .filter_map(|(name, stats)| match stats {
+                LatestStats::Udp(latest) => Some((name.as_str(), read(latest))),
+                LatestStats::Tcp(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// A copy of what a publisher thread left, whatever a panic did to its lock.
+fn read<T: Clone>(latest: &Mutex<Option<T>>) -> Option<T> {
+    latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Drop for EngineHandle {

@@ -181,6 +181,12 @@ impl DatagramGroupWriter {
         self.datagrams
     }
 
+    /// Length the record has so far (a multiple of 8): where the next
+    /// datagram's header goes.
+    pub fn record_len(&self) -> usize {
+        self.len
+    }
+
     /// Writes the group header and returns the record length.
     ///
     /// # Panics

@@ -3,6 +3,7 @@
 //! threads and other threads, and ([`uring`]) the raw io_uring of the receive path
 //! with its provided buffer ring.
 
+pub(crate) mod udp;
 pub(crate) mod uring;
 
 use std::io;

@@ -4,11 +4,12 @@
 //! Two things here need `unsafe`: submitting entries (the kernel must not
 //! be handed memory that goes away) and the provided buffer ring (memory
 //! the kernel reads buffer addresses from, and the buffers it then writes
-//! into). The entries this module builds carry no pointer at all: a
-//! multishot recv takes its memory from the buffer ring, a multishot accept
-//! writes no address, a cancel names a `user_data`. So submitting is safe
-//! to call; the buffers are the caller's promise, made in
-//! [`ReceiveRing::provide`].
+//! into). The entries this module builds carry no pointer to memory the
+//! ring does not own: a multishot recv takes its memory from the buffer
+//! ring, a multishot recvmsg too, with the `msghdr` the ring keeps for it,
+//! a multishot accept writes no address, a cancel names a `user_data`. So
+//! submitting is safe to call; the buffers are the caller's promise, made
+//! in [`ReceiveRing::provide`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -53,6 +54,11 @@ pub(crate) struct ReceiveRing {
     /// connection waits for the accept) and when completions are posted.
     /// Declared after `ring`, so it closes after the ring is gone.
     wake: OwnedFd,
+    /// The `msghdr` of multishot recvmsg entries: the kernel reads only its
+    /// `msg_namelen` and `msg_controllen` (the room it leaves in each
+    /// buffer for the source address and the control data). Boxed, so its
+    /// address stays put while the ring lives.
+    recvmsg_header: Box<libc::msghdr>,
 }
 
 impl std::fmt::Debug for ReceiveRing {
@@ -93,6 +99,7 @@ impl ReceiveRing {
             ("recv", opcode::RecvMulti::CODE),
             ("accept", opcode::AcceptMulti::CODE),
             ("async cancel", opcode::AsyncCancel::CODE),
+            ("recvmsg", opcode::RecvMsgMulti::CODE),
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks {name}")));
@@ -125,7 +132,11 @@ impl ReceiveRing {
         }
         // SAFETY: `wake` is a new fd that nothing else owns.
         let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        let this = Self { buffers, buffers_len, entries, tail: 0, unpublished: 0, ring, wake };
+        // SAFETY: msghdr is a plain C struct for which all zeroes (null
+        // pointers, zero lengths) is valid.
+        let recvmsg_header = Box::new(unsafe { std::mem::zeroed::<libc::msghdr>() });
+        let this =
+            Self { buffers, buffers_len, entries, tail: 0, unpublished: 0, ring, wake, recvmsg_header };
         this.ring.submitter().register_eventfd(this.wake.as_raw_fd())?;
         // SAFETY: `buffers` is page-aligned (mmap), zeroed, `buffers_len`
         // bytes long, enough for `entries` entries; it stays mapped until
@@ -211,6 +222,27 @@ impl ReceiveRing {
         self.push(&opcode::RecvMulti::new(Fd(fd), BUFFER_GROUP).build().user_data(user_data))
     }
 
+    /// Queues a multishot recvmsg on the datagram socket `fd` into the
+    /// provided buffers. Each buffer receives, in order: the kernel's
+    /// `io_uring_recvmsg_out` header (16 bytes), `name_len` bytes of room
+    /// for the source address, `control_len` bytes for the control data,
+    /// and the datagram (truncated to what is left). The same room is used
+    /// by every recvmsg of this ring.
+    pub(crate) fn recvmsg_multishot(
+        &mut self,
+        fd: RawFd,
+        user_data: u64,
+        name_len: u32,
+        control_len: usize,
+    ) -> bool {
+        self.recvmsg_header.msg_namelen = name_len;
+        self.recvmsg_header.msg_controllen = control_len;
+        let header: *const libc::msghdr = &*self.recvmsg_header;
+        // MSG_TRUNC: the header reports a truncated datagram's whole length.
+        let entry = opcode::RecvMsgMulti::new(Fd(fd), header, BUFFER_GROUP).flags(libc::MSG_TRUNC as u32);
+        self.push(&entry.build().user_data(user_data))
+    }
+
     /// Queues a multishot accept on the listening socket `fd`; accepted
     /// sockets are non-blocking and close-on-exec.
     pub(crate) fn accept_multishot(&mut self, fd: RawFd, user_data: u64) -> bool {
@@ -230,9 +262,10 @@ impl ReceiveRing {
     fn push(&mut self, entry: &squeue::Entry) -> bool {
         for _ in 0..2 {
             // SAFETY: every entry built by this module refers to no memory
-            // of ours (see the module docs): only fds, which the kernel
-            // holds a reference to once submitted, and the provided buffer
-            // ring, valid until `Drop`.
+            // but the ring's own (see the module docs): fds, which the
+            // kernel holds a reference to once submitted, the provided
+            // buffer ring, valid until `Drop`, and `recvmsg_header`, boxed
+            // and dropped with the ring.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return true;
             }
@@ -457,6 +490,169 @@ impl ShardSlots {
 
     pub(crate) fn publish(&mut self) {
         self.writer.publish();
+    }
+}
+
+/// A shard of a UDP stage's packet channel cut into datagram slots of any
+/// multiple of 8 bytes, some of which are the kernel's buffers.
+///
+/// Slots tile each lap of the ring from its start; the remainder at the
+/// end of a lap (less than a slot) is left to a padding record, so slot
+/// `n` is at position `lap × capacity + index × slot` with `lap, index =
+/// divmod(n, slots_per_lap)`. Unlike [`ShardSlots`], the kernel's buffer
+/// is the whole slot (it writes its receive header, the source address
+/// and the control data before the datagram, where the record's headers
+/// go later), so this type tracks which slots the kernel holds and lets
+/// its user touch a slot only once the kernel gave it back.
+#[derive(Debug)]
+pub(crate) struct DatagramSlots {
+    // Dropped first: see `ReceiveRing`'s `Drop`.
+    ring: ReceiveRing,
+    writer: shm_bus::ShardWriter,
+    slot: u64,
+    slots_per_lap: u64,
+    capacity: u64,
+    /// Slot number lent to the kernel at each buffer id, if any.
+    lent: Vec<Option<u64>>,
+}
+
+impl DatagramSlots {
+    /// Slots of `slot` bytes (a multiple of 8 whose lap remainder is 0 or
+    /// holds a padding record) over `writer`, with buffer ids `0..entries`.
+    pub(crate) fn new(ring: ReceiveRing, writer: shm_bus::ShardWriter, slot: u64) -> Self {
+        let capacity = writer.ring_capacity() as u64;
+        let entries = u64::from(ring.entries);
+        let remainder = capacity % slot;
+        assert!(slot % 8 == 0 && slot <= capacity / 4);
+        assert!(remainder == 0 || remainder >= shm_bus::layout::RECORD_HEADER);
+        Self {
+            ring,
+            writer,
+            slot,
+            slots_per_lap: capacity / slot,
+            capacity,
+            lent: vec![None; entries as usize],
+        }
+    }
+
+    /// Gives the writer back, after the ring is gone.
+    pub(crate) fn into_writer(self) -> shm_bus::ShardWriter {
+        let Self { ring, writer, .. } = self;
+        drop(ring);
+        writer
+    }
+
+    pub(crate) fn ring(&mut self) -> &mut ReceiveRing {
+        &mut self.ring
+    }
+
+    pub(crate) fn writer(&self) -> &shm_bus::ShardWriter {
+        &self.writer
+    }
+
+    /// The stream position of slot `n`.
+    pub(crate) fn position(&self, n: u64) -> u64 {
+        n / self.slots_per_lap * self.capacity + n % self.slots_per_lap * self.slot
+    }
+
+    /// Whether slot `n` is the last of its lap.
+    pub(crate) fn ends_lap(&self, n: u64) -> bool {
+        n % self.slots_per_lap == self.slots_per_lap - 1
+    }
+
+    /// Bytes from the end of the last slot of a lap to the lap's end.
+    pub(crate) fn lap_remainder(&self) -> u64 {
+        self.capacity % self.slot
+    }
+
+    /// Claims ring space up to position `end` (see
+    /// [`shm_bus::ShardWriter::claim_to`]).
+    pub(crate) fn claim_to(&mut self, end: u64) -> Result<(), shm_bus::ReserveError> {
+        self.writer.claim_to(end)
+    }
+
+    /// Commits the record at the next record position over returned
+    /// slots; `payload_bytes` of it are datagrams, the rest framing.
+    ///
+    /// # Panics
+    /// If the kernel still holds a slot the record covers.
+    pub(crate) fn commit_claimed(&mut self, len: usize, kind: u16, timestamp_ns: u64, payload_bytes: u64) {
+        self.assert_returned(len);
+        self.writer.commit_claimed(len, kind, timestamp_ns);
+        self.writer.count_as_framing((len as u64).saturating_sub(payload_bytes));
+    }
+
+    /// Fills `len` payload bytes from the next record position with padding.
+    ///
+    /// # Panics
+    /// As [`DatagramSlots::commit_claimed`].
+    pub(crate) fn commit_claimed_padding(&mut self, len: usize) {
+        self.assert_returned(len);
+        self.writer.commit_claimed_padding(len);
+    }
+
+    /// Checks that no slot under the record of `len` payload bytes at the
+    /// next record position is lent: shm-bus writes its header there.
+    fn assert_returned(&self, len: usize) {
+        let start = self.writer.next_record_pos();
+        let end = start + shm_bus::layout::RECORD_HEADER + len as u64;
+        let first = self.slots_before(start);
+        let mut n = first;
+        while self.position(n) < end && n < first + self.lent.len() as u64 {
+            let bid = (n % self.lent.len() as u64) as usize;
+            assert!(self.lent[bid] != Some(n), "slot {n} is the kernel's");
+            n += 1;
+        }
+    }
+
+    pub(crate) fn publish(&mut self) {
+        self.writer.publish();
+    }
+
+    /// The number of slots that end at or before stream position `pos`.
+    pub(crate) fn slots_before(&self, pos: u64) -> u64 {
+        let (lap, offset) = (pos / self.capacity, pos % self.capacity);
+        lap * self.slots_per_lap + (offset / self.slot).min(self.slots_per_lap)
+    }
+
+    /// Hands slot `n` to the kernel, as buffer `n mod entries`.
+    ///
+    /// # Panics
+    /// If the slot is not claimed space, or its buffer id is still lent.
+    pub(crate) fn provide(&mut self, n: u64) {
+        let bid = (n % self.lent.len() as u64) as u16;
+        assert!(self.lent[usize::from(bid)].is_none(), "buffer {bid} is still the kernel's");
+        let addr = self.writer.claimed_ptr(self.position(n), self.slot as usize);
+        self.lent[usize::from(bid)] = Some(n);
+        // SAFETY:
+        // - `addr..addr + slot` is claimed space of the shard (checked by
+        //   `claimed_ptr`), in a mapping that `self.writer` keeps alive
+        //   longer than the ring (field order; `into_writer` drops the
+        //   ring first);
+        // - nothing else touches those bytes until the kernel gives the
+        //   buffer back: `slot_mut` refuses a lent slot, and claimed space
+        //   is at most half the ring, so no other claimed slot shares its
+        //   memory; shm-bus writes record headers only at commits, which
+        //   the user makes over returned slots;
+        // - at most `entries` are lent: one per buffer id, checked above.
+        unsafe { self.ring.provide(addr, self.slot as u32, bid) };
+    }
+
+    /// The kernel completed buffer `bid`: it is ours again. Returns the
+    /// slot it was.
+    pub(crate) fn returned(&mut self, bid: u16) -> Option<u64> {
+        self.lent.get_mut(usize::from(bid))?.take()
+    }
+
+    /// The bytes of slot `n`, once the kernel has given it back.
+    ///
+    /// # Panics
+    /// If the kernel holds the slot, or it is not claimed space.
+    pub(crate) fn slot_mut(&mut self, n: u64) -> &mut [u8] {
+        let bid = (n % self.lent.len() as u64) as usize;
+        assert!(self.lent[bid] != Some(n), "slot {n} is the kernel's");
+        let pos = self.position(n);
+        self.writer.claimed_mut(pos, self.slot as usize)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use shm_bus::ShardWriter;
 
-use crate::ingest::PublishCounters;
+use super::read_path::PublishCounters;
 use crate::records::{self, ConnectionStats, ReceivePath, SocketStats, StageStats, TrafficStats};
 
 /// How long the publisher waits for every executor's report before it

@@ -1,6 +1,6 @@
 //! The TCP client stage's own part: connecting, and reconnecting forever.
 //! Each connection gets a new connection id and is served by
-//! [`crate::connection`] like an accepted one; when it ends (peer closed,
+//! [`super::connection`] like an accepted one; when it ends (peer closed,
 //! error, receive timeout) the stage connects again after a capped,
 //! jittered exponential backoff. Host names are resolved on every attempt.
 
@@ -14,8 +14,8 @@ use glommio::io::PollableFd;
 use glommio::timer::sleep;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::connection::{self, Executor};
 use crate::config::TcpClientConfig;
-use crate::connection::{self, Executor};
 use crate::inbox::NewConnection;
 
 /// What the executor of a client stage needs to connect.

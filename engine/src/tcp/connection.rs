@@ -11,9 +11,9 @@
 //! - glommio read ([`GroupPublisher`]): the connection's task waits for
 //!   readability and reads straight into the executor's open group.
 //!
-//! On both, the flusher publishes a partial group as soon as a turn of the
-//! executor adds no packet (latency first), and at the latest after
-//! `group_timeout_us`.
+//! On both, the flusher of [`crate::runtime`] publishes partial groups.
+//! What opens connections (the server's acceptor, the client's connector)
+//! is the executor's [`Role`], made by the stage.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +23,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::io::PollableFd;
@@ -30,23 +34,19 @@ use glommio::timer::sleep;
 use glommio::{Task, spawn_local};
 use shm_bus::ShardWriter;
 use socket2::{Socket, TcpKeepalive};
-use std::os::fd::{AsRawFd, RawFd};
 
+use super::read_path::{EventPublisher, GroupPublisher, PublishCounters, Received};
+use super::stats::{ClosedTotals, ConnectionCounters, ExecutorReport, StatsSink};
+use super::uring_receiver::UringReceiver;
 use crate::config::ReceivePathChoice;
 use crate::egress::{EgressId, OutcomeReport, OutcomeSender, Settled};
-use crate::inbox::{Command, Egress, Inbox, NewConnection};
-use crate::ingest::{EventPublisher, GroupPublisher, PublishCounters, Received};
+use crate::inbox::{Command, Egress, EgressTarget, Inbox, NewConnection};
 use crate::records::{Addr, ConnectionEvent, DisconnectReason, ReceivePath};
-use crate::stats::{ClosedTotals, ConnectionCounters, ExecutorReport, StatsSink};
+use crate::runtime::{self, Activity, Groups, MAX_STALL_BACKOFF, MIN_STALL_BACKOFF};
 use crate::sys::OpenConnections;
-use crate::tcp_client::{self, ConnectorSetup};
-use crate::tcp_server::{self, AcceptorSetup};
-use crate::uring_receiver::{Pass, UringReceiver};
 
 /// Receives per connection before it yields to the others.
 const RECVS_PER_TURN: usize = 16;
-/// While the channel is full, a connection retries at most this often.
-const MAX_STALL_BACKOFF: Duration = Duration::from_millis(2);
 /// How long a stopping executor waits for its io_uring recvs to end.
 const URING_DRAIN: Duration = Duration::from_secs(1);
 
@@ -76,12 +76,14 @@ pub(crate) enum Receiver {
     Uring(Rc<UringReceiver>),
 }
 
+/// What opens an executor's connections: a task it runs beside them (the
+/// server's acceptor, the client's connector), made by the stage.
+pub(crate) type Opener = Box<dyn FnOnce(Rc<Executor>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
 /// What the executor does besides serving connections.
 pub(crate) enum Role {
-    /// Executor 0 of a server stage: accepts and hands connections out.
-    Acceptor(AcceptorSetup),
-    /// The executor of a client stage: connects and reconnects.
-    Connector(ConnectorSetup),
+    /// Opens connections (executor 0) and serves them.
+    Opener(Opener),
     /// Serves the connections it is handed.
     Worker,
 }
@@ -92,10 +94,7 @@ pub(crate) struct Executor {
     pub(crate) settings: ConnectionSettings,
     pub(crate) receiver: Receiver,
     pub(crate) events: RefCell<EventPublisher>,
-    /// Packets committed so far: the flusher compares it across a turn to
-    /// tell a busy executor from an idle one.
-    packets: Cell<u64>,
-    flush_kick: LocalSender<()>,
+    activity: Rc<Activity>,
     connections: RefCell<HashMap<u64, Connection>>,
     pub(crate) open: Arc<OpenConnections>,
     /// Connections refused over `maximum_connections` (acceptor only).
@@ -196,14 +195,13 @@ pub(crate) struct ExecutorSetup {
 /// Runs one executor of the stage until told to stop.
 pub(crate) async fn run_executor(setup: ExecutorSetup) {
     let ExecutorSetup { index, settings, packets, events, inbox, open, stats, outcomes, role } = setup;
-    let (flush_kick, flush_wait) = local_channel::new_bounded(1);
+    let (activity, flush_wait) = Activity::new(settings.group_timeout_us);
     let receiver = receiver_for(&settings, index, packets);
     let exec = Rc::new(Executor {
         index,
         receiver,
         events: RefCell::new(EventPublisher::new(events)),
-        packets: Cell::new(0),
-        flush_kick,
+        activity: activity.clone(),
         connections: RefCell::new(HashMap::new()),
         open,
         rejected: Cell::new(0),
@@ -214,15 +212,18 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
         warned_clamp: Cell::new(false),
         settings,
     });
-    let flusher = spawn_local(flusher(exec.clone(), flush_wait));
+    let flusher = spawn_local(runtime::flusher(exec.clone(), activity.clone(), flush_wait));
     let driver = match &exec.receiver {
-        Receiver::Uring(receiver) => Some(spawn_local(drive_uring(exec.clone(), receiver.clone()))),
+        Receiver::Uring(receiver) => {
+            let stage = exec.settings.stage.clone();
+            let (receiver, activity) = (receiver.clone(), activity.clone());
+            Some(spawn_local(async move { runtime::drive_uring(&stage, receiver, activity).await }))
+        }
         Receiver::Read(_) => None,
     };
     let reporter = spawn_local(report_stats(exec.clone(), stats.clone()));
     let opener = match role {
-        Role::Acceptor(setup) => Some(spawn_local(tcp_server::accept_loop(exec.clone(), setup))),
-        Role::Connector(setup) => Some(spawn_local(tcp_client::connect_loop(exec.clone(), setup))),
+        Role::Opener(open) => Some(spawn_local(open(exec.clone()))),
         Role::Worker => None,
     };
     let inbox = match inbox.poll_here() {
@@ -275,27 +276,6 @@ pub(crate) async fn run_executor(setup: ExecutorSetup) {
     stats.send(exec.report());
 }
 
-/// Publishes partial groups: as soon as a turn of the executor added no
-/// packet, or when the oldest packet has waited `group_timeout_us`.
-async fn flusher(exec: Rc<Executor>, kicks: LocalReceiver<()>) {
-    let timeout = Duration::from_micros(exec.settings.group_timeout_us);
-    while kicks.recv().await.is_some() {
-        loop {
-            let before = exec.packets.get();
-            future::yield_now().await;
-            let Some(age) = exec.open_age() else { break };
-            if exec.packets.get() == before || age >= timeout {
-                exec.flush_groups();
-                break;
-            }
-        }
-        let mut events = exec.events.borrow_mut();
-        if events.has_backlog() {
-            events.retry();
-        }
-    }
-}
-
 /// Sends this executor's counters to the stage's statistics thread once a
 /// second.
 async fn report_stats(exec: Rc<Executor>, sink: StatsSink) {
@@ -317,7 +297,12 @@ fn deliver_egress(exec: &Executor, egress: &Egress) {
     let connections = exec.connections.borrow();
     let mut matched = 0;
     for (&id, conn) in connections.iter() {
-        if egress.target.is_some_and(|t| t != id) {
+        let meant = match egress.target {
+            EgressTarget::Connections(target) => target.is_none_or(|t| t == id),
+            // A datagram has no connection to go to.
+            EgressTarget::Datagram(_) => false,
+        };
+        if !meant {
             continue;
         }
         matched += 1;
@@ -336,7 +321,10 @@ fn deliver_egress(exec: &Executor, egress: &Egress) {
     }
     let _ = exec.outcomes.send(OutcomeReport::Matched {
         record: egress.id,
-        target: egress.target,
+        target: match egress.target {
+            EgressTarget::Connections(target) => target,
+            EgressTarget::Datagram(_) => None,
+        },
         bytes: egress.bytes.len() as u64,
         connections: matched,
     });
@@ -428,7 +416,7 @@ async fn receive(
     counters: &RefCell<ConnectionCounters>,
 ) -> DisconnectReason {
     let silence = Duration::from_millis(exec.settings.data_receive_timeout_ms);
-    let mut stall_backoff = Duration::from_micros(50);
+    let mut stall_backoff = MIN_STALL_BACKOFF;
     loop {
         let readable = async { fd.readable().await.map(|()| true) };
         let ready = if silence.is_zero() {
@@ -450,12 +438,10 @@ async fn receive(
             match received {
                 Received::Packet(n) => {
                     counters.borrow_mut().count_packet(n);
-                    exec.packets.set(exec.packets.get() + 1);
-                    stall_backoff = Duration::from_micros(50);
-                    if exec.settings.group_timeout_us == 0 {
+                    exec.activity.added(1);
+                    stall_backoff = MIN_STALL_BACKOFF;
+                    if exec.activity.flush_each_packet() {
                         groups.borrow_mut().flush();
-                    } else {
-                        let _ = exec.flush_kick.try_send(());
                     }
                 }
                 Received::WouldBlock => break,
@@ -514,49 +500,6 @@ async fn receive_uring(
     }
 }
 
-/// Runs the executor's io_uring: reaps completions and publishes groups
-/// while there are any, yielding between passes; parks on the ring's eventfd
-/// when idle, or retries on a backing-off timer while a gated reader holds
-/// the ring.
-async fn drive_uring(exec: Rc<Executor>, receiver: Rc<UringReceiver>) {
-    let ring = match PollableFd::new(WakeFd(receiver.fd())) {
-        Ok(ring) => ring,
-        Err(e) => {
-            tracing::error!("stage {}: cannot poll the io_uring: {e}", exec.settings.stage);
-            return;
-        }
-    };
-    let mut stall_backoff = Duration::from_micros(50);
-    loop {
-        match receiver.pass() {
-            Pass::Busy { packets } => {
-                stall_backoff = Duration::from_micros(50);
-                if packets > 0 {
-                    exec.packets.set(exec.packets.get() + packets);
-                    if exec.settings.group_timeout_us != 0 {
-                        let _ = exec.flush_kick.try_send(());
-                    }
-                }
-                future::yield_now().await;
-            }
-            Pass::Idle => {
-                if let Err(e) = ring.readable().await {
-                    tracing::error!("stage {}: polling the io_uring failed: {e}", exec.settings.stage);
-                    sleep(Duration::from_millis(10)).await;
-                }
-            }
-            Pass::Stalled => {
-                let _ = future::or(async { ring.readable().await.is_ok() }, async {
-                    sleep(stall_backoff).await;
-                    true
-                })
-                .await;
-                stall_backoff = (stall_backoff * 2).min(MAX_STALL_BACKOFF);
-            }
-        }
-    }
-}
-
 /// Ends every recv of a stopping executor and publishes what they
 /// delivered (bounded by [`URING_DRAIN`]).
 async fn drain_uring(receiver: &UringReceiver) {
@@ -571,15 +514,6 @@ async fn drain_uring(receiver: &UringReceiver) {
     }
     receiver.stop_accepting();
     receiver.pass();
-}
-
-/// The ring's eventfd, for glommio to poll; the ring owns (and closes) it.
-struct WakeFd(RawFd);
-
-impl AsRawFd for WakeFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
 }
 
 /// Sets up the executor's receive path as configured; falls back to the
@@ -665,6 +599,30 @@ pub(crate) fn configure(socket: &Socket, config: &ConnectionSettings) -> io::Res
     Ok(())
 }
 
+impl Groups for Executor {
+    fn open_age(&self) -> Option<Duration> {
+        match &self.receiver {
+            Receiver::Read(groups) => groups.borrow().open_age(),
+            Receiver::Uring(receiver) => receiver.open_age(),
+        }
+    }
+
+    fn flush_groups(&self) {
+        match &self.receiver {
+            Receiver::Read(groups) => groups.borrow_mut().flush(),
+            Receiver::Uring(receiver) => receiver.flush(),
+        }
+    }
+
+    /// Connection events held back while their channel was full.
+    fn after_flush(&self) {
+        let mut events = self.events.borrow_mut();
+        if events.has_backlog() {
+            events.retry();
+        }
+    }
+}
+
 impl Executor {
     /// The receive path this executor runs.
     pub(crate) fn receive_path(&self) -> ReceivePath {
@@ -678,22 +636,6 @@ impl Executor {
         match &self.receiver {
             Receiver::Read(groups) => groups.borrow().counters(),
             Receiver::Uring(receiver) => receiver.counters(),
-        }
-    }
-
-    /// How long the open group has waited, if it has packets.
-    fn open_age(&self) -> Option<Duration> {
-        match &self.receiver {
-            Receiver::Read(groups) => groups.borrow().open_age(),
-            Receiver::Uring(receiver) => receiver.open_age(),
-        }
-    }
-
-    /// Publishes the open group.
-    fn flush_groups(&self) {
-        match &self.receiver {
-            Receiver::Read(groups) => groups.borrow_mut().flush(),
-            Receiver::Uring(receiver) => receiver.flush(),
         }
     }
 

@@ -47,11 +47,12 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use shm_bus::{ShardWriter, layout::RECORD_HEADER};
 use socket2::Socket;
 
-use crate::ingest::PublishCounters;
+use super::read_path::PublishCounters;
+use super::stats::ConnectionCounters;
 use crate::records::{
     self, Addr, DisconnectReason, GROUP_HEADER_LEN, GROUP_VERSION_SLOTTED, PACKET_HEADER_LEN, PacketMeta,
 };
-use crate::stats::ConnectionCounters;
+use crate::runtime::{Pass, UringDriven};
 use crate::sys::{self, uring::Completion, uring::ReceiveRing, uring::ShardSlots};
 
 /// `user_data` of the multishot accept; a connection's recv uses its id.
@@ -88,18 +89,6 @@ struct Connection {
     armed: bool,
     /// Its task is gone: forget it once its recv has ended.
     detached: bool,
-}
-
-/// What one pass of the driver did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Pass {
-    /// Completions were handled: this many packets.
-    Busy { packets: u64 },
-    /// Nothing happened: wait for the ring.
-    Idle,
-    /// A gated reader holds ring space the kernel needs: retry the claim
-    /// after a pause.
-    Stalled,
 }
 
 /// The state of the io_uring receive path of one executor.
@@ -211,11 +200,6 @@ impl UringReceiver {
             return Err((state.shard.into_writer(), e));
         }
         Ok(Self { state: RefCell::new(state), fd })
-    }
-
-    /// The fd to await: readable when the ring has work for a pass.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.fd
     }
 
     pub(crate) fn counters(&self) -> PublishCounters {
@@ -350,6 +334,16 @@ impl UringReceiver {
             state.shard.ring().cancel(id, CANCEL);
         }
         state.submit();
+    }
+}
+
+impl UringDriven for UringReceiver {
+    fn pass(&self) -> Pass {
+        UringReceiver::pass(self)
+    }
+
+    fn wake_fd(&self) -> RawFd {
+        self.fd
     }
 }
 

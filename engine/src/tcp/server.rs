@@ -1,24 +1,25 @@
 //! The TCP server stage's own part: listening and accepting. Executor 0
 //! binds (retrying until it can), accepts up to `maximum_connections`
 //! clients and hands each to an executor of the stage, round robin; the
-//! connection is then served by [`crate::connection`].
+//! connection is then served by [`super::connection`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::io::PollableFd;
 use glommio::timer::sleep;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::connection::{self, Executor, Receiver};
 use crate::config::TcpServerConfig;
-use crate::connection::{self, Executor, Receiver};
 use crate::inbox::{Command, InboxSender, NewConnection};
 use crate::records::ConnectionEvent;
 use crate::records::DisconnectReason;
+use crate::stage::BoundAddress;
 
 /// Bind retries back off up to this.
 const MAX_BIND_BACKOFF: Duration = Duration::from_secs(2);
@@ -28,29 +29,6 @@ pub(crate) struct AcceptorSetup {
     pub(crate) config: TcpServerConfig,
     pub(crate) executors: Vec<InboxSender>,
     pub(crate) bound: Arc<BoundAddress>,
-}
-
-/// Where the stage's listener ended up, for the handle (OS-chosen ports).
-#[derive(Debug, Default)]
-pub(crate) struct BoundAddress {
-    addr: Mutex<Option<SocketAddr>>,
-    changed: Condvar,
-}
-
-impl BoundAddress {
-    pub(crate) fn set(&self, addr: SocketAddr) {
-        *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
-        self.changed.notify_all();
-    }
-
-    pub(crate) fn wait(&self, timeout: Duration) -> Option<SocketAddr> {
-        let guard = self.addr.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |a| a.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        *guard
-    }
 }
 
 /// Builds the listening socket.
