@@ -119,7 +119,8 @@ pub(crate) fn publish_egress<'py>(
                     } else if outcome.dropped_connection_closed > 0 {
                         "no destination, or the send failed: the engine's log says why"
                     } else {
-                        "the stage gave no reason"
+                        // Every count 0: the stage had nowhere to send it.
+                        "no destination: none given, and the stage has no egress_destination"
                     }
                 ));
             }

@@ -279,7 +279,7 @@ def test_publish_egress_sends_a_datagram_through_a_udp_stage(bus, daemons):
     with pytest.raises(ValueError, match="destination"):
         ringest.publish_egress("lidar", b"x", bus=bus, destination=42)
     # A stage with nowhere to send: an error, not a silent drop.
-    with pytest.raises(ringest.RingestError, match="not sent.*no destination"):
+    with pytest.raises(ringest.RingestError, match="not sent \\(no destination"):
         ringest.publish_egress("mute", b"lost?", bus=bus)
 
 

@@ -238,7 +238,7 @@ impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut families: Vec<Box<dyn Encode>> = Vec::new();
         let tcp_stages = self.stats.latest();
-        let udp_stages: Vec<(&str, Option<UdpSocketStats>)> = Vec::new();
+        let udp_stages = self.stats.latest_udp();
         families.extend(stage_families(&tcp_stages, &udp_stages));
         let names = tcp_stages.iter().map(|(name, _)| *name).chain(udp_stages.iter().map(|(name, _)| *name));
         families.extend(channel_families(&self.bus, names));

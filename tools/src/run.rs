@@ -45,9 +45,11 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         Some(path) => EngineConfig::from_file(path)?,
         None => EngineConfig::default(),
     };
-    if config.tcp_server.is_empty() && config.tcp_client.is_empty() {
+    if config.tcp_server.is_empty() && config.tcp_client.is_empty() && config.udp.is_empty() {
         let file = args.config.as_deref().map_or("the configuration".into(), |p| p.display().to_string());
-        bail!("{file}: no stages: add a [[tcp_server]] or [[tcp_client]] table (see --print-default-config)");
+        bail!(
+            "{file}: no stages: add a [[tcp_server]], [[tcp_client]] or [[udp]] table (see --print-default-config)"
+        );
     }
     // `--bus`, then the file's [bus] dir, then $RINGEST_BUS or the default.
     let bus = bus_flag
@@ -57,6 +59,8 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         config.tcp_server.iter().map(|s| (s.name.clone(), s.address.to_string())).collect();
     let clients: Vec<(String, String)> =
         config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
+    let udp_stages: Vec<(String, String)> =
+        config.udp.iter().map(|u| (u.name.clone(), u.address.to_string())).collect();
 
     let metrics_listen = config.metrics.listen;
     let mut systemd = Systemd::from_env();
@@ -91,7 +95,15 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         println!("stage {name}: connecting to {address}");
         print_stage(&daemon.engine, name, "the server");
     }
-    let stages = servers.len() + clients.len();
+    for (name, configured) in &udp_stages {
+        let address = match wait_listening(&daemon.engine, name, configured, &mut stop) {
+            Ok(address) => address,
+            Err(signal) => return daemon.shut_down(signal),
+        };
+        println!("stage {name}: receiving datagrams on {address}");
+        print_stage(&daemon.engine, name, "each record's destination, or egress_destination");
+    }
+    let stages = servers.len() + clients.len() + udp_stages.len();
     daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();

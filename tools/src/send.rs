@@ -401,7 +401,11 @@ impl Tally {
         if self.unmatched > 0 {
             parts.push(match self.kind {
                 StageKind::Tcp => format!("{} for no open connection", self.unmatched),
-                StageKind::Udp => format!("{} not sent (the stage gave no reason)", self.unmatched),
+                // The stage had nowhere to send it (RECORDS.md §10).
+                StageKind::Udp => format!(
+                    "{} with no destination (no --to, and the stage has no egress_destination)",
+                    self.unmatched
+                ),
             });
         }
         if !self.pending.is_empty() {

@@ -290,7 +290,8 @@ impl Item {
                 } else if o.dropped_buffer_full > 0 {
                     "dropped: buffer full".to_owned()
                 } else {
-                    "dropped: not sendable (e.g. addressed to a connection)".to_owned()
+                    // Every count 0: the stage had nowhere to send it.
+                    "dropped: no destination (none in the record, no egress_destination)".to_owned()
                 };
                 format!("{}  egress record {}  {} B: {what}", human::utc(*time_ns), o.egress_seq, o.bytes)
             }
