@@ -212,8 +212,12 @@ def collect(reader, count, into):
             )
 
 
-def test_every_datagram_of_every_source_through_a_gated_python_reader(bus, daemons):
-    daemon = daemons(bus, [], udp={"lidar": "max_datagram_size_b = 1500\n" + RCVBUF})
+# The two receive paths lay datagrams out differently (slots with a gap
+# before the data, or packed).
+@pytest.mark.parametrize("path", ["io_uring", "glommio_read"])
+def test_every_datagram_of_every_source_through_a_gated_python_reader(bus, daemons, path):
+    config = f'max_datagram_size_b = 1500\nreceive_path = "{path}"\n' + RCVBUF
+    daemon = daemons(bus, [], udp={"lidar": config})
     address = daemon.udp_addr("lidar")
     rng = np.random.default_rng(15)
     senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
@@ -269,6 +273,15 @@ def test_publish_egress_sends_a_datagram_through_a_udp_stage(bus, daemons):
     assert sensor.recvfrom(100) == (b"START", address)
     ringest.publish_egress("lidar", memoryview(b"STOP"), bus=bus, destination=f"{host}:{port}")
     assert sensor.recvfrom(100)[0] == b"STOP"
+
+    # The last record on the egress channel, decoded (kind 8).
+    with ringest.Reader("lidar/egress_packets", bus=bus, start="oldest") as egress:
+        sample = egress.recv(timeout=DEADLINE)
+        assert sample.kind == ringest.KIND_DATAGRAM_EGRESS
+        record = sample.decode()
+        assert (record["destination"], bytes(record["data"])) == ((host, port), b"STOP")
+        del record
+        sample.release()
 
     with pytest.raises(ValueError, match="UDP stage: it has no connections"):
         ringest.publish_egress("lidar", b"x", connection=1, bus=bus)

@@ -242,9 +242,20 @@ fn random_datagrams(seed: u64, count: usize, max: usize) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn tail_stats_and_ls_show_what_a_real_udp_stage_received_byte_for_byte() {
+fn tail_stats_and_ls_show_what_a_real_udp_stage_received_byte_for_byte_io_uring() {
+    tail_stats_and_ls_show_what_a_udp_stage_received("io_uring", ReceivePath::IoUringMultishot);
+}
+
+#[test]
+fn tail_stats_and_ls_show_what_a_real_udp_stage_received_byte_for_byte_read_path() {
+    tail_stats_and_ls_show_what_a_udp_stage_received("glommio_read", ReceivePath::GlommioRead);
+}
+
+/// With the stage on receive path `path`: the two lay datagrams out
+/// differently (slots with a gap before the data, or packed).
+fn tail_stats_and_ls_show_what_a_udp_stage_received(path: &str, expected: ReceivePath) {
     let t = bus();
-    let extra = format!("max_datagram_size_b = 2000\n{RCVBUF}");
+    let extra = format!("max_datagram_size_b = 2000\nreceive_path = \"{path}\"\n{RCVBUF}");
     let mut daemon = Daemon::start(ringest(&t.bus), &udp_config("u", &extra));
     let address = udp_stage_address(&t.bus, "u");
     let mut collector = DatagramCollector::attach(&t.bus, "u");
@@ -300,6 +311,7 @@ fn tail_stats_and_ls_show_what_a_real_udp_stage_received_byte_for_byte() {
     let stats = udp_stats_until(&t.bus, "u", |s| s.total().datagrams == 81);
     let total = stats.total();
     assert_eq!((total.bytes, total.truncated, total.kernel_drops), (kept as u64, 1, 0));
+    assert_eq!(stats.receive_path, expected);
     let table = stdout_of(ringest(&t.bus), &["stats", "u", "--count", "1"]);
     let all = table.lines().find(|l| l.starts_with("all ")).unwrap_or_else(|| panic!("{table}"));
     let cells: Vec<&str> = all.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
