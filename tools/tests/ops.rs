@@ -283,8 +283,8 @@ fn the_metrics_endpoint_counts_what_a_udp_stage_received_per_socket() {
 
     // The stage publishes its statistics once a second: scrape until they
     // cover every datagram, then check every UDP figure in both formats.
-    let socket = [("stage", "u"), ("executor", "0"), ("local", &address.to_string())];
-    let socket: Vec<(&str, &str)> = socket.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let local = address.to_string();
+    let socket = [("stage", "u"), ("executor", "0"), ("local", local.as_str())];
     let deadline = Instant::now() + DEADLINE;
     let families = loop {
         let (_, body) = scrape(metrics, "text/plain");
