@@ -59,8 +59,11 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         config.tcp_server.iter().map(|s| (s.name.clone(), s.address.to_string())).collect();
     let clients: Vec<(String, String)> =
         config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
-    let udp_stages: Vec<(String, String)> =
-        config.udp.iter().map(|u| (u.name.clone(), u.address.to_string())).collect();
+    let udp: Vec<(String, Vec<String>)> = config
+        .udp
+        .iter()
+        .map(|u| (u.name.clone(), u.multicast_groups.iter().map(ToString::to_string).collect()))
+        .collect();
 
     let metrics_listen = config.metrics.listen;
     let mut systemd = Systemd::from_env();
@@ -95,15 +98,14 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         println!("stage {name}: connecting to {address}");
         print_stage(&daemon.engine, name, "the server");
     }
-    for (name, configured) in &udp_stages {
-        let address = match wait_listening(&daemon.engine, name, configured, &mut stop) {
-            Ok(address) => address,
-            Err(signal) => return daemon.shut_down(signal),
-        };
-        println!("stage {name}: receiving datagrams on {address}");
-        print_stage(&daemon.engine, name, "each record's destination, or egress_destination");
+    for (name, groups) in &udp {
+        let address = daemon.engine.wait_bound(name, Duration::ZERO).map_or("?".into(), |a| a.to_string());
+        let joined =
+            if groups.is_empty() { String::new() } else { format!(", joined {}", groups.join(", ")) };
+        println!("stage {name}: receiving UDP on {address}{joined}");
+        print_stage(&daemon.engine, name, "egress destinations");
     }
-    let stages = servers.len() + clients.len() + udp_stages.len();
+    let stages = servers.len() + clients.len() + udp.len();
     daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
@@ -161,8 +163,8 @@ fn wait_listening(
 /// and channels.
 fn print_stage(engine: &EngineHandle, stage: &str, peers: &str) {
     let path = match engine.receive_path(stage) {
-        Some(ReceivePath::IoUringMultishot) => "io_uring multishot recv into shared memory",
-        Some(ReceivePath::GlommioRead) => "glommio read (recv when the socket is readable)",
+        Some(ReceivePath::IoUringMultishot) => "io_uring multishot receive into shared memory",
+        Some(ReceivePath::GlommioRead) => "glommio read (recv or recvmmsg when the socket is readable)",
         None => "unknown",
     };
     println!("  receive path: {path}");

@@ -271,7 +271,7 @@ fn the_metrics_endpoint_counts_what_a_udp_stage_received_per_socket() {
                   ring_size_b = 4194304\nmax_datagram_size_b = 1000\nkernel_receive_buffer_size_b = 8388608\n";
     let mut daemon = Daemon::start(ringest(&t.bus), config);
     let metrics = metrics_address(&daemon);
-    let line = daemon.stdout.iter().find_map(|l| l.strip_prefix("stage u: receiving datagrams on "));
+    let line = daemon.stdout.iter().find_map(|l| l.strip_prefix("stage u: receiving UDP on "));
     let address: SocketAddr = line.unwrap_or_else(|| panic!("{:#?}", daemon.stdout)).parse().unwrap();
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let datagrams: Vec<Vec<u8>> = (0..50).map(|i| random_bytes(i, 10 * i as usize)).collect();
