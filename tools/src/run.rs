@@ -45,9 +45,11 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         Some(path) => EngineConfig::from_file(path)?,
         None => EngineConfig::default(),
     };
-    if config.tcp_server.is_empty() && config.tcp_client.is_empty() {
+    if config.tcp_server.is_empty() && config.tcp_client.is_empty() && config.udp.is_empty() {
         let file = args.config.as_deref().map_or("the configuration".into(), |p| p.display().to_string());
-        bail!("{file}: no stages: add a [[tcp_server]] or [[tcp_client]] table (see --print-default-config)");
+        bail!(
+            "{file}: no stages: add a [[tcp_server]], [[tcp_client]] or [[udp]] table (see --print-default-config)"
+        );
     }
     // `--bus`, then the file's [bus] dir, then $RINGEST_BUS or the default.
     let bus = bus_flag
@@ -57,6 +59,11 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         config.tcp_server.iter().map(|s| (s.name.clone(), s.address.to_string())).collect();
     let clients: Vec<(String, String)> =
         config.tcp_client.iter().map(|c| (c.name.clone(), c.address.clone())).collect();
+    let udp: Vec<(String, Vec<String>)> = config
+        .udp
+        .iter()
+        .map(|u| (u.name.clone(), u.multicast_groups.iter().map(ToString::to_string).collect()))
+        .collect();
 
     let metrics_listen = config.metrics.listen;
     let mut systemd = Systemd::from_env();
@@ -91,7 +98,14 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         println!("stage {name}: connecting to {address}");
         print_stage(&daemon.engine, name, "the server");
     }
-    let stages = servers.len() + clients.len();
+    for (name, groups) in &udp {
+        let address = daemon.engine.wait_bound(name, Duration::ZERO).map_or("?".into(), |a| a.to_string());
+        let joined =
+            if groups.is_empty() { String::new() } else { format!(", joined {}", groups.join(", ")) };
+        println!("stage {name}: receiving UDP on {address}{joined}");
+        print_stage(&daemon.engine, name, "egress destinations");
+    }
+    let stages = servers.len() + clients.len() + udp.len();
     daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
@@ -149,8 +163,8 @@ fn wait_listening(
 /// and channels.
 fn print_stage(engine: &EngineHandle, stage: &str, peers: &str) {
     let path = match engine.receive_path(stage) {
-        Some(ReceivePath::IoUringMultishot) => "io_uring multishot recv into shared memory",
-        Some(ReceivePath::GlommioRead) => "glommio read (recv when the socket is readable)",
+        Some(ReceivePath::IoUringMultishot) => "io_uring multishot receive into shared memory",
+        Some(ReceivePath::GlommioRead) => "glommio read (recv or recvmmsg when the socket is readable)",
         None => "unknown",
     };
     println!("  receive path: {path}");

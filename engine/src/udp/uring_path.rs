@@ -233,9 +233,11 @@ impl UringDatagramReceiver {
         let mut completions = std::mem::take(&mut state.completions);
         completions.clear();
         state.slots.ring().reap(&mut completions);
+        // Every completion of a pass reached the engine at this reap.
+        let received_at = (shm_bus::realtime_ns(), sys::monotonic_ns());
         let mut datagrams = 0;
         for completion in &completions {
-            datagrams += u64::from(state.complete(completion));
+            datagrams += u64::from(state.complete(completion, received_at));
         }
         let handled = !completions.is_empty();
         state.completions = completions;
@@ -288,13 +290,13 @@ impl State {
     }
 
     /// Handles one completion; returns whether it delivered a datagram.
-    fn complete(&mut self, completion: &Completion) -> bool {
+    fn complete(&mut self, completion: &Completion, received_at: (u64, u64)) -> bool {
         if completion.user_data != RECV {
             return false;
         }
         let mut delivered = false;
         if let Some(n) = completion.buffer.and_then(|bid| self.slots.returned(bid)) {
-            let kind = if completion.result > 0 { self.read_slot(n) } else { Slot::Empty };
+            let kind = if completion.result > 0 { self.read_slot(n, received_at) } else { Slot::Empty };
             delivered = matches!(kind, Slot::Datagram { .. });
             self.window[(n % self.entries) as usize] = kind;
         }
@@ -313,8 +315,9 @@ impl State {
         delivered
     }
 
-    /// What the kernel wrote into slot `n`: the datagram and its origin.
-    fn read_slot(&mut self, n: u64) -> Slot {
+    /// What the kernel wrote into slot `n`: the datagram and its origin;
+    /// the engine received it at `(realtime, monotonic)`.
+    fn read_slot(&mut self, n: u64, (rx_realtime_ns, rx_monotonic_ns): (u64, u64)) -> Slot {
         let capacity = self.max_datagram.min(self.slot as usize - DATA_AT);
         let local_port = self.local_port;
         let bytes = self.slots.slot_mut(n);
@@ -338,8 +341,8 @@ impl State {
                 .destination
                 .map(|ip| std::net::SocketAddr::new(ip, local_port).into())
                 .unwrap_or_default(),
-            rx_realtime_ns: shm_bus::realtime_ns(),
-            rx_monotonic_ns: sys::monotonic_ns(),
+            rx_realtime_ns,
+            rx_monotonic_ns,
             kernel_rx_ns,
             flags: flags | kernel_flags,
             original_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
