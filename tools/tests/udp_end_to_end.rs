@@ -39,7 +39,7 @@ fn start_engine(bus: &BusDir, max_datagram_size_b: u64) -> (EngineHandle, Socket
     (engine, addr)
 }
 
-/// Counts the datagrams of `<STAGE>/packet_group` from the oldest record.
+/// Counts the datagrams of a stage's packet_group from the oldest record.
 struct Counter {
     reader: Reader,
     datagrams: u64,
@@ -47,8 +47,12 @@ struct Counter {
 
 impl Counter {
     fn attach(bus: &BusDir) -> Self {
+        Self::attach_to(bus, STAGE)
+    }
+
+    fn attach_to(bus: &BusDir, stage: &str) -> Self {
         let options = ReaderOptions::gated().start(StartAt::Oldest);
-        Self { reader: Reader::attach(bus, &format!("{STAGE}/packet_group"), options).unwrap(), datagrams: 0 }
+        Self { reader: Reader::attach(bus, &format!("{stage}/packet_group"), options).unwrap(), datagrams: 0 }
     }
 
     /// Reads until `expected` datagrams were published.
@@ -125,12 +129,16 @@ fn mcap_summary(path: &Path) -> Value {
 
 /// The datagram topics of a summary: (bytes, sha256) by source address.
 fn logged_sources(summary: &Value) -> BTreeMap<SocketAddr, (u64, String)> {
+    logged_sources_of(summary, STAGE)
+}
+
+fn logged_sources_of(summary: &Value, stage: &str) -> BTreeMap<SocketAddr, (u64, String)> {
     summary["topics"]
         .as_object()
         .unwrap()
         .iter()
         .filter_map(|(topic, t)| {
-            let source = topic.strip_prefix(&format!("{STAGE}/datagrams/"))?.parse().unwrap();
+            let source = topic.strip_prefix(&format!("{stage}/datagrams/"))?.parse().unwrap();
             Some((source, (t["bytes"].as_u64().unwrap(), t["sha256"].as_str().unwrap().to_owned())))
         })
         .collect()
@@ -247,12 +255,7 @@ fn log_replay_log_is_byte_exact_per_source() {
     assert!(status.success(), "{lines:?}");
 
     // New source ports: compare the sources' contents.
-    let contents = |sources: BTreeMap<SocketAddr, (u64, String)>| {
-        let mut contents: Vec<(u64, String)> = sources.into_values().collect();
-        contents.sort();
-        contents
-    };
-    assert_eq!(contents(logged_sources(&mcap_summary(&second))), contents(sent));
+    assert_eq!(contents(&logged_sources(&mcap_summary(&second))), contents(&sent));
 }
 
 #[test]
@@ -291,4 +294,127 @@ fn a_datagram_longer_than_the_stage_keeps_is_logged_cut_and_counted() {
     assert_eq!(cut.len(), 1, "{file}");
     assert_eq!((&cut[0]["count"], &cut[0]["bytes"]), (&1.into(), &1000.into()));
     assert_eq!(cut[0]["metadata"]["destination"], addr.to_string(), "IP_PKTINFO: the stage's address");
+}
+
+/// The contents of a set of sources, whatever their addresses: sorted
+/// (bytes, sha256).
+fn contents(sources: &BTreeMap<SocketAddr, (u64, String)>) -> Vec<(u64, String)> {
+    let mut contents: Vec<(u64, String)> = sources.values().cloned().collect();
+    contents.sort();
+    contents
+}
+
+#[test]
+fn ringest_run_with_the_table_loadgen_prints_logs_every_source() {
+    let t = bus();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.mcap");
+    let table =
+        ringest(&t.bus).args(["loadgen", "127.0.0.1:0", "--udp", "--print-default-config"]).output().unwrap();
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let mut daemon = common::Daemon::start(ringest(&t.bus), &text(&table.stdout));
+    let addr: SocketAddr = daemon
+        .stdout
+        .iter()
+        .find_map(|line| line.strip_prefix("stage udp: receiving UDP on "))
+        .unwrap_or_else(|| panic!("no UDP stage in {:#?}", daemon.stdout))
+        .parse()
+        .unwrap();
+    let mut counter = Counter::attach_to(&t.bus, "udp");
+    let logger = Background::log(&t.bus, &["udp", "--lossless", "--out", out.to_str().unwrap()]);
+    let output = ringest(&t.bus)
+        .args(["loadgen", &addr.to_string(), "--udp", "--sources", "3", "--size", "1-8000"])
+        .args(["--rate", "900", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let (sent, datagrams) = loadgen_report(&stdout);
+    counter.until(datagrams);
+    assert!(daemon.stop().success());
+    let (status, lines) = logger.wait();
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(logged_sources_of(&mcap_summary(&out), "udp"), sent);
+}
+
+/// `tcpdump` (Debian package tcpdump; scripts/test installs it).
+fn tcpdump() -> Command {
+    match Command::new("tcpdump").arg("--version").output() {
+        Ok(out) if out.status.success() => Command::new("tcpdump"),
+        _ => panic!("tcpdump missing: run scripts/test (or apt-get install tcpdump)"),
+    }
+}
+
+#[test]
+fn a_tcpdump_capture_replays_every_payload_of_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("drive.pcap");
+    // What loadgen sends goes to a socket that reads and drops it.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sink.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 65536];
+        while sink.recv(&mut buf).is_ok() {}
+    });
+    let mut dump = tcpdump()
+        .args(["-i", "lo", "-U", "-n", "-w", capture.to_str().unwrap()])
+        .args(["udp", "and", "dst", "port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says "listening on lo" once it captures.
+    let mut stderr = BufReader::new(dump.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on lo"), "tcpdump: {line}");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringest"))
+        .args(["loadgen", &format!("127.0.0.1:{port}"), "--udp", "--sources", "3", "--size", "1-60000"])
+        .args(["--rate", "300", "--seconds", "1", "--seed", "11"])
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let (sent, datagrams) = loadgen_report(&stdout);
+    // tcpdump writes each packet as it comes (-U): stop it once the file
+    // holds them all.
+    let deadline = Instant::now() + DEADLINE;
+    let frame_bytes = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let expected = 24 + sent.values().map(|(bytes, _)| bytes).sum::<u64>() + datagrams * (16 + 14 + 20 + 8);
+    while frame_bytes(&capture) < expected {
+        assert!(Instant::now() < deadline, "tcpdump wrote {} of {expected} bytes", frame_bytes(&capture));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustix::process::kill_process(rustix::process::Pid::from_child(&dump), rustix::process::Signal::INT)
+        .unwrap();
+    assert!(dump.wait().unwrap().success());
+
+    // Replayed into a socket that keeps what each source sent.
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket2::SockRef::from(&receiver).set_recv_buffer_size(4 << 20).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let replay = Command::new(env!("CARGO_BIN_EXE_ringest"))
+        .args(["replay", capture.to_str().unwrap(), "--udp", &receiver.local_addr().unwrap().to_string()])
+        .args(["--speed", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut received: BTreeMap<SocketAddr, (u64, Sha256)> = BTreeMap::new();
+    let mut buf = vec![0; 65536];
+    while let Ok((len, from)) = receiver.recv_from(&mut buf) {
+        let (bytes, sha) = received.entry(from).or_insert_with(|| (0, Sha256::new()));
+        *bytes += len as u64;
+        sha.update(&buf[..len]);
+    }
+    let output = replay.wait_with_output().unwrap();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.starts_with(&format!("sending {datagrams} datagrams from 3 sources")), "{stdout}");
+    let received: BTreeMap<SocketAddr, (u64, String)> = received
+        .into_iter()
+        .map(|(from, (bytes, sha))| {
+            (from, (bytes, sha.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+        })
+        .collect();
+    assert_eq!(contents(&received), contents(&sent), "every payload of every captured source, in order");
 }
