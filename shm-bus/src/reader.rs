@@ -435,6 +435,11 @@ impl Reader {
         self.map.geometry.shards
     }
 
+    /// Data ring bytes per shard of the producer files attached to.
+    pub fn shard_capacity(&self) -> u64 {
+        self.map.geometry.capacity
+    }
+
     pub fn state(&self) -> ChannelState {
         self.map.state()
     }
