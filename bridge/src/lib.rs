@@ -196,7 +196,11 @@ impl Runner {
     }
 
     fn link_ended(&self, peer: SocketAddr, why: &str) {
-        tracing::warn!(bridge = %self.config.name, %peer, "bridge: link down: {why}");
+        if self.stopping() {
+            tracing::info!(bridge = %self.config.name, %peer, "bridge: link closed: {why}");
+        } else {
+            tracing::warn!(bridge = %self.config.name, %peer, "bridge: link down: {why}");
+        }
         let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         status.connected = false;
         status.last_error = Some(why.to_owned());
