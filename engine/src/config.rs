@@ -275,7 +275,7 @@ pub struct UdpConfig {
     /// Whether to ask the kernel for each datagram's receive time
     /// (`SO_TIMESTAMPING`, software; hardware where the card stamps).
     pub kernel_timestamps: bool,
-    /// Multicast groups to join (IPv4 or IPv6).
+    /// Multicast groups to join, of the address's family.
     pub multicast_groups: Vec<IpAddr>,
     /// Interface to join the groups on, by name (`eth0`) or address; empty:
     /// the kernel's choice (the route to the group).
@@ -340,14 +340,15 @@ impl UdpConfig {
             if !group.is_multicast() {
                 return Err(invalid(&key, format!("{group} is not a multicast address")));
             }
-            let bindable = match (group, self.address.ip()) {
-                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => true,
-                // A dual-stack socket on [::] receives IPv4 groups too.
-                (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
-                (IpAddr::V6(_), IpAddr::V4(_)) => false,
-            };
-            if !bindable {
-                let message = format!("{group} cannot be joined by a socket bound to {}", self.address.ip());
+            // Not an IPv4 group on a dual-stack IPv6 socket either: Linux
+            // then hands each datagram of the group to one socket of the
+            // port's SO_REUSEPORT group, joined or not (seen on 6.18).
+            if group.is_ipv4() != self.address.is_ipv4() {
+                let message = format!(
+                    "{group} cannot be joined by a socket bound to {}: give an IPv{} address (a stage per family)",
+                    self.address.ip(),
+                    if group.is_ipv4() { 4 } else { 6 }
+                );
                 return Err(invalid(&key, message));
             }
         }
@@ -1207,7 +1208,9 @@ keepalive_s = 0
 # name = "udp"
 # Local address and port to bind (port 0: any free port); a host name is
 # resolved when the file is read. Bind the group's address (239.1.2.3:2368)
-# or the wildcard (0.0.0.0:2368) to receive multicast.
+# or the wildcard (0.0.0.0:2368, [::]:2368) to receive multicast. The port
+# must be free, unless the stage joins multicast groups (receivers of a
+# group may share a port).
 # address = "127.0.0.1:2368"
 # Datagrams per published group, 1..=65536.
 # group_size = 64
@@ -1249,7 +1252,8 @@ keepalive_s = 0
 # Ask the kernel for each datagram's receive time (SO_TIMESTAMPING: software,
 # and hardware where the network card stamps packets).
 # kernel_timestamps = true
-# Multicast groups to join, IPv4 or IPv6 (["239.1.2.3", "ff15::7"]).
+# Multicast groups to join, of the address's family (["239.1.2.3"], or
+# ["ff15::7"] on an IPv6 address).
 # multicast_groups = []
 # Interface to join them on, by name ("eth0") or address; "": the kernel's
 # choice (the route to the group).
@@ -1495,10 +1499,14 @@ mod tests {
             assert_eq!(error_key, format!("udp[0].{key}"), "{message}");
             assert!(message.contains(expected), "{message}");
         }
-        let ssm = "[[udp]]\naddress = \"[::]:2368\"\nmulticast_groups = [\"232.1.1.1\", \"ff35::7\"]\n\
+        let ssm = "[[udp]]\naddress = \"0.0.0.0:2368\"\nmulticast_groups = [\"232.1.1.1\"]\n\
                    multicast_sources = [\"10.0.0.9\"]\nmulticast_interface = \"lo\"\n";
         let config = EngineConfig::from_toml_str(ssm).unwrap();
         assert_eq!(config.udp[0].multicast_sources, ["10.0.0.9".parse::<IpAddr>().unwrap()]);
+        let (key, _, message) = invalid_parts(EngineConfig::from_toml_str(
+            "[[udp]]\naddress = \"[::]:2368\"\nmulticast_groups = [\"ff15::7\", \"239.1.2.3\"]\n",
+        ));
+        assert_eq!(key, "udp[0].multicast_groups[1]", "an IPv4 group on a dual-stack socket: {message}");
         assert_eq!(config.udp[0].max_datagram_size_b, MAX_UDP_PAYLOAD);
         assert_eq!(UdpConfig::from_toml_str("").unwrap(), UdpConfig::default());
     }

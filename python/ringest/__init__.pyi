@@ -9,6 +9,9 @@ KIND_CONNECTION_EVENT: int
 KIND_SOCKET_STATS: int
 KIND_EGRESS: int
 KIND_EGRESS_OUTCOME: int
+KIND_DATAGRAM_GROUP: int
+KIND_UDP_SOCKET_STATS: int
+KIND_DATAGRAM_EGRESS: int
 
 _Bus = str | PathLike[str] | None
 
@@ -23,6 +26,27 @@ class Packet:
     peer: tuple[str, int]
     rx_realtime_ns: int
     rx_monotonic_ns: int
+    data: memoryview
+    """Read-only, within the sample's payload; valid while the sample is held."""
+
+@final
+class Datagram:
+    """One datagram of a datagram group (a UDP stage's packet_group): one
+    whole message of its sender."""
+
+    source: tuple[str, int]
+    destination: tuple[str, int] | None
+    """The address it was sent to (the host's, or the multicast group); None if the kernel did not say."""
+    rx_realtime_ns: int
+    rx_monotonic_ns: int
+    kernel_rx_ns: int | None
+    """The kernel's (or, with hardware_time, the card's) receive time; None without a kernel timestamp."""
+    hardware_time: bool
+    truncated: bool
+    """Longer than the stage's max_datagram_size_b: data holds its first bytes only."""
+    control_truncated: bool
+    original_len: int
+    flags: int
     data: memoryview
     """Read-only, within the sample's payload; valid while the sample is held."""
 
@@ -60,7 +84,8 @@ class Sample:
     def copy(self) -> bytes: ...
     def release(self) -> None: ...
     def packets(self) -> list[Packet]: ...
-    def decode(self) -> list[Packet] | dict[str, Any]: ...
+    def datagrams(self) -> list[Datagram]: ...
+    def decode(self) -> list[Packet] | list[Datagram] | dict[str, Any]: ...
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __enter__(self) -> Sample: ...
@@ -105,6 +130,10 @@ def publish_egress(
     connection: int | None = None,
     bus: _Bus = None,
     timeout: float = 30.0,
+    *,
+    destination: tuple[str, int] | str | None = None,
 ) -> list[dict[str, Any]]: ...
 def decode_connection_event(data: bytes) -> dict[str, Any]: ...
 def decode_socket_stats(data: bytes) -> dict[str, Any]: ...
+def decode_udp_socket_stats(data: bytes) -> dict[str, Any]: ...
+def decode_datagram_group(data: bytes | bytearray | memoryview) -> list[Datagram]: ...

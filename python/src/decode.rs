@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use engine::records::{
-    self, Addr, ConnectionEvent, DisconnectReason, EgressOutcome, ReceivePath, SocketStats, TrafficStats,
+    self, Addr, ConnectionEvent, DatagramMeta, DisconnectReason, EgressOutcome, ReceivePath, SocketStats,
+    TrafficStats, UdpSocketCounters, UdpSocketStats,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMemoryView, PySlice};
@@ -36,6 +37,69 @@ impl Packet {
             "<ringest.Packet connection_id={} peer={}:{} len={len}>",
             self.connection_id, self.peer.0, self.peer.1
         )
+    }
+}
+
+/// One datagram of a datagram group (a UDP stage's ``packet_group``): one
+/// whole message of its sender.
+#[derive(Debug)]
+#[pyclass(module = "ringest._ringest", frozen, get_all)]
+pub struct Datagram {
+    /// The sender: ``(host, port)``.
+    source: (String, u16),
+    /// The address it was sent to (the host's own, or the multicast group):
+    /// ``(host, port)``, or ``None`` when the kernel did not say.
+    destination: Option<(String, u16)>,
+    /// When the engine received it, ``CLOCK_REALTIME`` ns since the Unix epoch.
+    rx_realtime_ns: u64,
+    /// When the engine received it, ``CLOCK_MONOTONIC`` ns.
+    rx_monotonic_ns: u64,
+    /// When the kernel (or the network card: ``hardware_time``) received
+    /// it, ``CLOCK_REALTIME`` ns; ``None`` without a kernel timestamp.
+    kernel_rx_ns: Option<u64>,
+    /// Whether ``kernel_rx_ns`` is the network card's clock.
+    hardware_time: bool,
+    /// Whether the datagram was longer than the stage's
+    /// ``max_datagram_size_b``: ``data`` holds its first bytes only.
+    truncated: bool,
+    /// Whether the kernel had more control data than the engine took (the
+    /// destination or the kernel time may be missing).
+    control_truncated: bool,
+    /// The datagram's length as sent (more than ``len(data)`` when truncated).
+    original_len: u32,
+    /// The ``FLAG_*`` bits of engine/RECORDS.md §8.
+    flags: u16,
+    /// The bytes: a read-only memoryview within the sample's payload,
+    /// valid while the sample is held.
+    data: Py<PyAny>,
+}
+
+#[pymethods]
+impl Datagram {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let len = self.data.bind(py).len().unwrap_or(0);
+        let to = self.destination.as_ref().map_or("?".to_owned(), |(host, port)| format!("{host}:{port}"));
+        let truncated = if self.truncated { " truncated" } else { "" };
+        format!("<ringest.Datagram {}:{} -> {to} len={len}{truncated}>", self.source.0, self.source.1)
+    }
+}
+
+impl Datagram {
+    fn new(meta: &DatagramMeta, data: Py<PyAny>) -> Self {
+        let kernel = meta.kernel_time();
+        Self {
+            source: peer(meta.source),
+            destination: (meta.destination.ip != [0; 16]).then(|| peer(meta.destination)),
+            rx_realtime_ns: meta.rx_realtime_ns,
+            rx_monotonic_ns: meta.rx_monotonic_ns,
+            kernel_rx_ns: kernel.map(|(ns, _)| ns),
+            hardware_time: kernel.is_some_and(|(_, hardware)| hardware),
+            truncated: meta.truncated(),
+            control_truncated: meta.flags & records::FLAG_CONTROL_TRUNCATED != 0,
+            original_len: meta.original_len,
+            flags: meta.flags,
+            data,
+        }
     }
 }
 
@@ -84,6 +148,51 @@ pub(crate) fn packets(
     Ok(packets)
 }
 
+/// The datagrams of the datagram group `payload`, whose memoryview is `view`.
+pub(crate) fn datagrams(
+    sample: &PySample,
+    view: &Bound<'_, PyMemoryView>,
+    payload: &[u8],
+) -> PyResult<Vec<Datagram>> {
+    let group = records::decode_datagram_group(payload).map_err(|e| decode_error("datagram group", e))?;
+    let mut datagrams = Vec::with_capacity(group.len());
+    for datagram in group {
+        let data = sub_view(sample, view, payload, datagram.data)?.unbind();
+        datagrams.push(Datagram::new(&datagram.meta, data));
+    }
+    Ok(datagrams)
+}
+
+/// decode_datagram_group(data) -> list[Datagram]
+///
+/// The datagrams of a datagram group record (``KIND_DATAGRAM_GROUP``) held
+/// in a bytes-like object (e.g. ``Sample.copy()``); each datagram's
+/// ``data`` is a read-only memoryview into ``data`` (no copy). A held
+/// sample decodes with ``Sample.datagrams()`` instead.
+#[pyfunction]
+pub(crate) fn decode_datagram_group<'py>(data: &Bound<'py, PyAny>) -> PyResult<Vec<Datagram>> {
+    let py = data.py();
+    let view = PyMemoryView::from(data)?;
+    let bytes = pyo3::buffer::PyBuffer::<u8>::get(data)?;
+    if !bytes.is_c_contiguous() {
+        return Err(pyo3::exceptions::PyValueError::new_err("a datagram group must be contiguous bytes"));
+    }
+    // The headers are decoded from a copy (reading the object in place
+    // would need unsafe code here); the data views are into the object.
+    let copy = bytes.to_vec(py)?;
+    let group = records::decode_datagram_group(&copy).map_err(|e| decode_error("datagram group", e))?;
+    // Flat bytes, whatever the object's shape (e.g. a 2-D uint8 array).
+    let read_only = view.call_method1("cast", ("B",))?.call_method0("toreadonly")?;
+    let mut datagrams = Vec::with_capacity(group.len());
+    for datagram in group {
+        let start = datagram.data.as_ptr() as usize - copy.as_ptr() as usize;
+        let slice = PySlice::new(py, start as isize, (start + datagram.data.len()) as isize, 1);
+        let data = read_only.get_item(slice)?.unbind();
+        datagrams.push(Datagram::new(&datagram.meta, data));
+    }
+    Ok(datagrams)
+}
+
 /// A non-packet record by its kind.
 pub(crate) fn by_kind(
     sample: &PySample,
@@ -95,6 +204,15 @@ pub(crate) fn by_kind(
     let dict = match kind {
         records::KIND_CONNECTION_EVENT => decode_connection_event(py, payload)?,
         records::KIND_SOCKET_STATS => decode_socket_stats(py, payload)?,
+        records::KIND_UDP_SOCKET_STATS => decode_udp_socket_stats(py, payload)?,
+        records::KIND_DATAGRAM_EGRESS => {
+            let (header, data) = records::decode_datagram_egress(payload)
+                .map_err(|e| decode_error("datagram egress record", e))?;
+            let dict = PyDict::new(py);
+            dict.set_item("destination", header.destination.map(peer))?;
+            dict.set_item("data", sub_view(sample, view, payload, data)?)?;
+            dict
+        }
         records::KIND_EGRESS => {
             let (header, data) =
                 records::decode_egress(payload).map_err(|e| decode_error("egress record", e))?;
@@ -194,11 +312,7 @@ pub(crate) fn decode_socket_stats<'py>(py: Python<'py>, data: &[u8]) -> PyResult
     let dict = PyDict::new(py);
     dict.set_item("time_ns", stats.time_ns)?;
     dict.set_item("interval_ns", stats.interval_ns)?;
-    let path = match stats.receive_path {
-        ReceivePath::GlommioRead => "glommio_read",
-        ReceivePath::IoUringMultishot => "io_uring_multishot",
-    };
-    dict.set_item("receive_path", path)?;
+    dict.set_item("receive_path", receive_path_name(stats.receive_path))?;
     let stage = PyDict::new(py);
     let s = &stats.stage;
     stage.set_item("open_connections", s.open_connections)?;
@@ -218,5 +332,58 @@ pub(crate) fn decode_socket_stats<'py>(py: Python<'py>, data: &[u8]) -> PyResult
         connections.push(conn);
     }
     dict.set_item("connections", connections)?;
+    Ok(dict)
+}
+
+fn receive_path_name(path: ReceivePath) -> &'static str {
+    match path {
+        ReceivePath::GlommioRead => "glommio_read",
+        ReceivePath::IoUringMultishot => "io_uring_multishot",
+    }
+}
+
+fn udp_counters<'py>(py: Python<'py>, c: &UdpSocketCounters) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("executor", c.executor)?;
+    dict.set_item("local", peer(c.local))?;
+    dict.set_item("datagrams", c.datagrams)?;
+    dict.set_item("bytes", c.bytes)?;
+    dict.set_item("datagrams_per_s", c.datagrams_per_s)?;
+    dict.set_item("bytes_per_s", c.bytes_per_s)?;
+    dict.set_item("kernel_drops", c.kernel_drops)?;
+    dict.set_item("truncated", c.truncated)?;
+    dict.set_item("ring_full_stalls", c.ring_full_stalls)?;
+    dict.set_item("max_datagram_size", c.max_datagram_size)?;
+    dict.set_item("egress_sent", c.egress_sent)?;
+    dict.set_item("egress_drops", c.egress_drops)?;
+    dict.set_item("kernel_receive_buffer_b", c.kernel_receive_buffer_b)?;
+    Ok(dict)
+}
+
+/// decode_udp_socket_stats(data: bytes) -> dict
+///
+/// A UDP stage's socket stats record (``KIND_UDP_SOCKET_STATS``) as a dict
+/// with the field names of engine/RECORDS.md §9: ``time_ns``,
+/// ``interval_ns``, ``receive_path``, ``groups_published``, ``sockets``
+/// (one dict per socket: ``executor``, ``local`` as ``(host, port)``,
+/// ``datagrams``, ``bytes``, ``datagrams_per_s``, ``bytes_per_s``,
+/// ``kernel_drops``, ``truncated``, ``ring_full_stalls``,
+/// ``max_datagram_size``, ``egress_sent``, ``egress_drops``,
+/// ``kernel_receive_buffer_b``) and ``total`` (the sockets' counters added
+/// up, without ``executor`` and ``local``).
+#[pyfunction]
+pub(crate) fn decode_udp_socket_stats<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let stats: UdpSocketStats = records::decode(data).map_err(|e| decode_error("UDP socket stats", e))?;
+    let dict = PyDict::new(py);
+    dict.set_item("time_ns", stats.time_ns)?;
+    dict.set_item("interval_ns", stats.interval_ns)?;
+    dict.set_item("receive_path", receive_path_name(stats.receive_path))?;
+    dict.set_item("groups_published", stats.groups_published)?;
+    let sockets = stats.sockets.iter().map(|c| udp_counters(py, c)).collect::<PyResult<Vec<_>>>()?;
+    dict.set_item("sockets", sockets)?;
+    let total = udp_counters(py, &stats.total())?;
+    total.del_item("executor")?;
+    total.del_item("local")?;
+    dict.set_item("total", total)?;
     Ok(dict)
 }

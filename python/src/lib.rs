@@ -23,15 +23,21 @@ fn _ringest(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reader::Restarted>()?;
     m.add_class::<reader::Ended>()?;
     m.add_class::<decode::Packet>()?;
+    m.add_class::<decode::Datagram>()?;
     m.add_function(wrap_pyfunction!(channels::list_channels, m)?)?;
     m.add_function(wrap_pyfunction!(egress::publish_egress, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_connection_event, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_socket_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_udp_socket_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_datagram_group, m)?)?;
     m.add("RingestError", m.py().get_type::<reader::RingestError>())?;
     m.add("KIND_PACKET_GROUP", engine::records::KIND_PACKET_GROUP)?;
     m.add("KIND_CONNECTION_EVENT", engine::records::KIND_CONNECTION_EVENT)?;
     m.add("KIND_SOCKET_STATS", engine::records::KIND_SOCKET_STATS)?;
     m.add("KIND_EGRESS", engine::records::KIND_EGRESS)?;
     m.add("KIND_EGRESS_OUTCOME", engine::records::KIND_EGRESS_OUTCOME)?;
+    m.add("KIND_DATAGRAM_GROUP", engine::records::KIND_DATAGRAM_GROUP)?;
+    m.add("KIND_UDP_SOCKET_STATS", engine::records::KIND_UDP_SOCKET_STATS)?;
+    m.add("KIND_DATAGRAM_EGRESS", engine::records::KIND_DATAGRAM_EGRESS)?;
     Ok(())
 }

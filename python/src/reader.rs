@@ -598,16 +598,33 @@ impl PySample {
         this.with_payload(slf.py(), |payload| decode::packets(this, &view, payload))
     }
 
-    /// decode() -> list[Packet] | dict | bytes
+    /// datagrams() -> list[Datagram]
     ///
-    /// Decodes the record by its kind: packets of a packet group, a dict for
-    /// a connection event, socket stats or egress outcome, and for an egress
-    /// record ``{"target": id or None, "data": memoryview}``.
+    /// Decodes a datagram group (``KIND_DATAGRAM_GROUP``, a UDP stage's
+    /// ``packet_group``): its datagrams, each with a memoryview of its bytes
+    /// within ``payload`` (valid while the sample is held).
+    fn datagrams(slf: &Bound<'_, Self>) -> PyResult<Vec<decode::Datagram>> {
+        let view = Self::view(slf)?;
+        let this = slf.get();
+        this.with_payload(slf.py(), |payload| decode::datagrams(this, &view, payload))
+    }
+
+    /// decode() -> list[Packet] | list[Datagram] | dict
+    ///
+    /// Decodes the record by its kind: packets of a packet group, datagrams
+    /// of a datagram group, a dict for a connection event, socket stats (of
+    /// a TCP or a UDP stage) or egress outcome, for an egress record
+    /// ``{"target": id or None, "data": memoryview}`` and for a datagram
+    /// egress record ``{"destination": (host, port) or None, "data":
+    /// memoryview}``.
     fn decode(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
         let py = slf.py();
         let this = slf.get();
         if this.kind == engine::records::KIND_PACKET_GROUP {
             return Ok(Self::packets(slf)?.into_pyobject(py)?.into_any().unbind());
+        }
+        if this.kind == engine::records::KIND_DATAGRAM_GROUP {
+            return Ok(Self::datagrams(slf)?.into_pyobject(py)?.into_any().unbind());
         }
         let view = Self::view(slf)?;
         this.with_payload(py, |payload| decode::by_kind(this, this.kind, payload, &view))

@@ -42,13 +42,20 @@ def bus():
 
 
 class Daemon:
-    """`ringest run` with one TCP server stage per name in `stages`."""
+    """`ringest run` with one TCP server stage per name in `stages`, and
+    one UDP stage per name in `udp` (a dict: name -> extra keys of its
+    table)."""
 
-    def __init__(self, bus, stages, ring_size_b=4 << 20, executors=None):
+    def __init__(self, bus, stages, ring_size_b=4 << 20, executors=None, udp=None):
         config = "".join(
             f'[[tcp_server]]\nname = "{s}"\naddress = "127.0.0.1:0"\nring_size_b = {ring_size_b}\n'
             for s in stages
         )
+        config += "".join(
+            f'[[udp]]\nname = "{s}"\naddress = "127.0.0.1:0"\nring_size_b = {ring_size_b}\n{extra}\n'
+            for s, extra in (udp or {}).items()
+        )
+        self.bus = bus
         self.config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
         self.config.write(config)
         self.config.close()
@@ -86,6 +93,20 @@ class Daemon:
 
     def addr(self, stage):
         return self.listening[stage]
+
+    def udp_addr(self, stage):
+        """Where UDP stage `stage` receives: its sockets' address, as its
+        statistics say (port 0 resolved)."""
+        with ringest.Reader(f"{stage}/socket_stats", bus=self.bus, start="latest") as stats:
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:
+                event = stats.recv(timeout=1.0)
+                if isinstance(event, ringest.Sample):
+                    assert event.kind == ringest.KIND_UDP_SOCKET_STATS, f"{stage} is not a UDP stage"
+                    sockets = event.decode()["sockets"]
+                    if sockets:
+                        return sockets[0]["local"]
+        raise AssertionError(f"UDP stage {stage} published no statistics")
 
     def stop(self):
         """SIGTERM, and the exit status."""

@@ -55,8 +55,9 @@ pub fn run(args: LsArgs, bus: &BusDir) -> anyhow::Result<()> {
     let rates = Rates::between(&first, listings, first_at.elapsed());
 
     // RING BYTES: what the records take of the rings; PAYLOAD: what the
-    // producer counts as payload in them (a packet group received by
-    // io_uring fills whole receive slots, however short its packets).
+    // producer counts as payload in them (the data of TCP packets or UDP
+    // datagrams: a group received by io_uring fills whole receive slots,
+    // however short its packets or datagrams).
     let mut table = Table::new(
         &["CHANNEL", "PRODUCER", "STATE", "RECORDS", "RECORDS/S", "RING BYTES", "PAYLOAD", "RING BYTES/S"],
         3,

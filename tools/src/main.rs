@@ -18,6 +18,7 @@ mod replay;
 mod run;
 mod send;
 mod shutdown;
+mod stage_kind;
 mod stats;
 mod systemd;
 mod table;

@@ -3,8 +3,9 @@
 //!
 //! Each scrape reads the same sources as those commands: every stage's
 //! latest socket statistics (the record it publishes once a second, as the
-//! engine keeps it) and the shm-bus introspection of the stage's channels
-//! (write counters, ring-full episodes, each reader's lag and losses).
+//! engine keeps it: per connection for TCP stages, per socket for UDP
+//! stages) and the shm-bus introspection of the stage's channels (write
+//! counters, ring-full episodes, each reader's lag and losses).
 //! `prometheus-client` encodes them: the Prometheus text format (0.0.4) by
 //! default, OpenMetrics when the scraper's `Accept` header asks for it.
 //!
@@ -21,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use engine::records::{ReceivePath, TrafficStats};
+use engine::records::{ReceivePath, SocketStats, TrafficStats, UdpSocketCounters, UdpSocketStats};
 use engine::{CONNECTION_EVENTS, EGRESS_PACKETS, PACKET_GROUP, SOCKET_STATS, StatsView, channel_name};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -236,9 +237,11 @@ fn encode_family<T, M: EncodeMetric>(
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut families: Vec<Box<dyn Encode>> = Vec::new();
-        let stages = self.stats.latest();
-        families.extend(stage_families(&stages));
-        families.extend(channel_families(&self.bus, stages.iter().map(|(name, _)| *name)));
+        let tcp_stages = self.stats.latest();
+        let udp_stages = self.stats.latest_udp();
+        families.extend(stage_families(&tcp_stages, &udp_stages));
+        let names = tcp_stages.iter().map(|(name, _)| *name).chain(udp_stages.iter().map(|(name, _)| *name));
+        families.extend(channel_families(&self.bus, names));
         for family in &families {
             family.encode(&mut encoder)?;
         }
@@ -246,14 +249,21 @@ impl Collector for Figures {
     }
 }
 
-/// The counters of `ringest stats`: per stage and per open connection.
-fn stage_families(stages: &[(&str, Option<engine::records::SocketStats>)]) -> Vec<Box<dyn Encode>> {
+/// The counters of `ringest stats`: per stage, per open connection of a
+/// TCP stage and per socket of a UDP stage.
+fn stage_families(
+    tcp_stages: &[(&str, Option<SocketStats>)],
+    udp_stages: &[(&str, Option<UdpSocketStats>)],
+) -> Vec<Box<dyn Encode>> {
     let mut open = Family::new("ringest_stage_open_connections", "Connections open now.");
     let mut rejected = Family::new(
         "ringest_stage_rejected_connections",
         "Connections closed at once because maximum_connections were open.",
     );
-    let mut groups = Family::new("ringest_stage_groups_published", "Packet groups published.");
+    let mut groups = Family::new(
+        "ringest_stage_groups_published",
+        "Packet groups (TCP) or datagram groups (UDP) published.",
+    );
     let mut stalls = Family::new(
         "ringest_stage_backpressure_stalls",
         "Times a full packet_group ring (a lagging lossless reader) paused receiving.",
@@ -278,24 +288,36 @@ fn stage_families(stages: &[(&str, Option<engine::records::SocketStats>)]) -> Ve
         TrafficFamilies::new("stage", "All connections of the stage, closed ones included:");
     let mut connection_traffic = TrafficFamilies::new("connection", "The open connection, since its accept:");
     let now_ns = shm_bus::realtime_ns();
-    for (stage, stats) in stages {
-        let Some(stats) = stats else { continue }; // no record yet: nothing to say
-        let labels: Labels = vec![("stage", (*stage).to_owned())];
-        let s = &stats.stage;
-        open.add(&labels, s.open_connections as f64);
-        rejected.add(&labels, s.rejected_connections);
-        groups.add(&labels, s.groups_published);
-        stalls.add(&labels, s.backpressure_stalls);
-        exhaustions.add(&labels, s.receive_buffer_exhaustions);
-        bind_failures.add(&labels, s.bind_failures);
-        let path_name = match stats.receive_path {
+    let mut stage_figures = |stage: &str, path_taken: ReceivePath, time_ns: u64, groups_published: u64| {
+        let labels: Labels = vec![("stage", stage.to_owned())];
+        groups.add(&labels, groups_published);
+        let path_name = match path_taken {
             ReceivePath::IoUringMultishot => "io_uring",
             ReceivePath::GlommioRead => "glommio_read",
         };
         let mut path_labels = labels.clone();
         path_labels.push(("path", path_name.to_owned()));
         path.add(&path_labels, 1.0);
-        age.add(&labels, now_ns.saturating_sub(stats.time_ns) as f64 / 1e9);
+        age.add(&labels, now_ns.saturating_sub(time_ns) as f64 / 1e9);
+    };
+    let mut udp_sockets = UdpFamilies::new();
+    for (stage, stats) in udp_stages {
+        let Some(stats) = stats else { continue }; // no record yet: nothing to say
+        stage_figures(stage, stats.receive_path, stats.time_ns, stats.groups_published);
+        for socket in &stats.sockets {
+            udp_sockets.add(stage, socket);
+        }
+    }
+    for (stage, stats) in tcp_stages {
+        let Some(stats) = stats else { continue }; // no record yet: nothing to say
+        let labels: Labels = vec![("stage", (*stage).to_owned())];
+        let s = &stats.stage;
+        stage_figures(stage, stats.receive_path, stats.time_ns, s.groups_published);
+        open.add(&labels, s.open_connections as f64);
+        rejected.add(&labels, s.rejected_connections);
+        stalls.add(&labels, s.backpressure_stalls);
+        exhaustions.add(&labels, s.receive_buffer_exhaustions);
+        bind_failures.add(&labels, s.bind_failures);
         stage_traffic.add(&labels, &s.traffic);
         for c in &stats.connections {
             let mut labels = labels.clone();
@@ -316,7 +338,92 @@ fn stage_families(stages: &[(&str, Option<engine::records::SocketStats>)]) -> Ve
     ];
     families.extend(stage_traffic.into_families());
     families.extend(connection_traffic.into_families());
+    families.extend(udp_sockets.into_families());
     families
+}
+
+/// The counters of each socket of a UDP stage (one per executor).
+struct UdpFamilies {
+    datagrams: Family<u64>,
+    bytes: Family<u64>,
+    kernel_drops: Family<u64>,
+    truncated: Family<u64>,
+    ring_full_stalls: Family<u64>,
+    max_datagram: Family<f64>,
+    egress_sent: Family<u64>,
+    egress_drops: Family<u64>,
+    receive_buffer: Family<f64>,
+}
+
+impl UdpFamilies {
+    fn new() -> Self {
+        Self {
+            datagrams: Family::new(
+                "ringest_udp_datagrams",
+                "Datagrams the socket received (truncated ones included).",
+            ),
+            bytes: Family::new(
+                "ringest_udp_received_bytes",
+                "Data bytes the socket received (of truncated datagrams, those kept).",
+            ),
+            kernel_drops: Family::new(
+                "ringest_udp_kernel_drops",
+                "Datagrams the kernel dropped because the socket's receive buffer was full (SO_RXQ_OVFL).",
+            ),
+            truncated: Family::new(
+                "ringest_udp_truncated",
+                "Datagrams longer than max_datagram_size_b, published truncated and flagged.",
+            ),
+            ring_full_stalls: Family::new(
+                "ringest_udp_ring_full_stalls",
+                "Times a full packet_group ring (a lagging lossless reader) paused reading the socket.",
+            ),
+            max_datagram: Family::new(
+                "ringest_udp_max_datagram_size_bytes",
+                "Largest datagram received in the last statistics interval (0 if none).",
+            ),
+            egress_sent: Family::new("ringest_udp_egress_sent", "Egress datagrams sent."),
+            egress_drops: Family::new(
+                "ringest_udp_egress_drops",
+                "Egress records not sent (no destination, too long, or the send failed).",
+            ),
+            receive_buffer: Family::new(
+                "ringest_udp_kernel_receive_buffer_bytes",
+                "The socket's kernel receive buffer (SO_RCVBUF) as granted.",
+            ),
+        }
+    }
+
+    fn add(&mut self, stage: &str, c: &UdpSocketCounters) {
+        let labels: Labels = vec![
+            ("stage", stage.to_owned()),
+            ("executor", c.executor.to_string()),
+            ("local", SocketAddr::from(c.local).to_string()),
+        ];
+        self.datagrams.add(&labels, c.datagrams);
+        self.bytes.add(&labels, c.bytes);
+        self.kernel_drops.add(&labels, c.kernel_drops);
+        self.truncated.add(&labels, c.truncated);
+        self.ring_full_stalls.add(&labels, c.ring_full_stalls);
+        self.max_datagram.add(&labels, c.max_datagram_size as f64);
+        self.egress_sent.add(&labels, c.egress_sent);
+        self.egress_drops.add(&labels, c.egress_drops);
+        self.receive_buffer.add(&labels, c.kernel_receive_buffer_b as f64);
+    }
+
+    fn into_families(self) -> Vec<Box<dyn Encode>> {
+        vec![
+            Box::new(self.datagrams),
+            Box::new(self.bytes),
+            Box::new(self.kernel_drops),
+            Box::new(self.truncated),
+            Box::new(self.ring_full_stalls),
+            Box::new(self.max_datagram),
+            Box::new(self.egress_sent),
+            Box::new(self.egress_drops),
+            Box::new(self.receive_buffer),
+        ]
+    }
 }
 
 /// The traffic counters of a stage or of its connections.
@@ -433,4 +540,81 @@ fn channel_families<'a>(bus: &BusDir, stages: impl Iterator<Item = &'a str>) -> 
 
 fn is_live(info: &ChannelInfo) -> bool {
     info.state == ChannelState::Live && info.producer_alive != Some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition (Prometheus text) of `stage_families` for these stages.
+    fn exposition(
+        tcp: Vec<(&'static str, Option<SocketStats>)>,
+        udp: Vec<(&'static str, Option<UdpSocketStats>)>,
+    ) -> String {
+        #[derive(Debug)]
+        struct Stages(Vec<(&'static str, Option<SocketStats>)>, Vec<(&'static str, Option<UdpSocketStats>)>);
+        impl Collector for Stages {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+                for family in stage_families(&self.0, &self.1) {
+                    family.encode(&mut encoder)?;
+                }
+                Ok(())
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Stages(tcp, udp)));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn udp_stages_export_per_socket_counters_and_stage_figures() {
+        let socket = |executor: u32, datagrams: u64| UdpSocketCounters {
+            executor,
+            local: "0.0.0.0:2368".parse::<SocketAddr>().unwrap().into(),
+            datagrams,
+            bytes: datagrams * 1206,
+            kernel_drops: 3 + u64::from(executor),
+            truncated: 1,
+            ring_full_stalls: 2,
+            max_datagram_size: 1206,
+            egress_sent: 4,
+            egress_drops: 5,
+            kernel_receive_buffer_b: 212_992,
+            ..Default::default()
+        };
+        let stats = UdpSocketStats {
+            time_ns: shm_bus::realtime_ns(),
+            interval_ns: 1_000_000_000,
+            receive_path: ReceivePath::GlommioRead,
+            groups_published: 17,
+            sockets: vec![socket(0, 100), socket(1, 50)],
+        };
+        let text = exposition(Vec::new(), vec![("lidar", Some(stats)), ("silent", None)]);
+        let first = r#"{stage="lidar",executor="0",local="0.0.0.0:2368"}"#;
+        let second = r#"{stage="lidar",executor="1",local="0.0.0.0:2368"}"#;
+        for line in [
+            format!("ringest_udp_datagrams_total{first} 100"),
+            format!("ringest_udp_datagrams_total{second} 50"),
+            format!("ringest_udp_received_bytes_total{first} 120600"),
+            format!("ringest_udp_kernel_drops_total{first} 3"),
+            format!("ringest_udp_kernel_drops_total{second} 4"),
+            format!("ringest_udp_truncated_total{first} 1"),
+            format!("ringest_udp_ring_full_stalls_total{first} 2"),
+            format!("ringest_udp_max_datagram_size_bytes{first} 1206.0"),
+            format!("ringest_udp_egress_sent_total{first} 4"),
+            format!("ringest_udp_egress_drops_total{first} 5"),
+            format!("ringest_udp_kernel_receive_buffer_bytes{first} 212992.0"),
+            r#"ringest_stage_groups_published_total{stage="lidar"} 17"#.to_owned(),
+            r#"ringest_stage_receive_path{stage="lidar",path="glommio_read"} 1.0"#.to_owned(),
+            "# TYPE ringest_udp_datagrams_total counter".to_owned(),
+            "# TYPE ringest_udp_max_datagram_size_bytes gauge".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
+        // A stage without a record yet, and the TCP-only figures, say nothing.
+        assert!(!text.contains("silent"), "{text}");
+        assert!(!text.contains("ringest_stage_open_connections"), "{text}");
+    }
 }

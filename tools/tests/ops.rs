@@ -265,6 +265,65 @@ fn the_metrics_endpoint_counts_what_the_stage_received_and_who_reads_it() {
 }
 
 #[test]
+fn the_metrics_endpoint_counts_what_a_udp_stage_received_per_socket() {
+    let t = bus();
+    let config = "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[udp]]\nname = \"u\"\naddress = \"127.0.0.1:0\"\n\
+                  ring_size_b = 4194304\nmax_datagram_size_b = 1000\nkernel_receive_buffer_size_b = 8388608\n";
+    let mut daemon = Daemon::start(ringest(&t.bus), config);
+    let metrics = metrics_address(&daemon);
+    let line = daemon.stdout.iter().find_map(|l| l.strip_prefix("stage u: receiving UDP on "));
+    let address: SocketAddr = line.unwrap_or_else(|| panic!("{:#?}", daemon.stdout)).parse().unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagrams: Vec<Vec<u8>> = (0..50).map(|i| random_bytes(i, 10 * i as usize)).collect();
+    for datagram in &datagrams {
+        sender.send_to(datagram, address).unwrap();
+    }
+    sender.send_to(&random_bytes(7, 1500), address).unwrap(); // kept truncated to 1000 bytes
+    let bytes = datagrams.iter().map(Vec::len).sum::<usize>() + 1000;
+
+    // The stage publishes its statistics once a second: scrape until they
+    // cover every datagram, then check every UDP figure in both formats.
+    let local = address.to_string();
+    let socket = [("stage", "u"), ("executor", "0"), ("local", local.as_str())];
+    let deadline = Instant::now() + DEADLINE;
+    let families = loop {
+        let (_, body) = scrape(metrics, "text/plain");
+        let families = parse_with_python("prometheus", &body);
+        if sample(&families, "ringest_udp_datagrams_total", "counter", &socket) == Some(51.0) {
+            break families;
+        }
+        assert!(Instant::now() < deadline, "the metrics never counted 51 datagrams: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, body) = scrape(metrics, "application/openmetrics-text;version=1.0.0");
+    let openmetrics = parse_with_python("openmetrics", &body);
+    for families in [&families, &openmetrics] {
+        let counter = |name| value(families, name, "counter", &socket);
+        assert_eq!(counter("ringest_udp_received_bytes_total"), bytes as f64);
+        assert_eq!(counter("ringest_udp_truncated_total"), 1.0);
+        for name in [
+            "ringest_udp_kernel_drops_total",
+            "ringest_udp_ring_full_stalls_total",
+            "ringest_udp_egress_sent_total",
+            "ringest_udp_egress_drops_total",
+        ] {
+            assert_eq!(counter(name), 0.0, "{name}");
+        }
+        let buffer = value(families, "ringest_udp_kernel_receive_buffer_bytes", "gauge", &socket);
+        assert!(buffer >= 8_388_608.0, "receive buffer {buffer}");
+        let stage = [("stage", "u")];
+        assert!(value(families, "ringest_stage_groups_published_total", "counter", &stage) >= 1.0);
+        assert!(value(families, "ringest_stage_stats_age_seconds", "gauge", &stage) < 5.0);
+        let channel = [("channel", "u/packet_group")];
+        assert!(value(families, "ringest_channel_records_written_total", "counter", &channel) >= 1.0);
+        assert_eq!(value(families, "ringest_channel_live", "gauge", &channel), 1.0);
+        // Connections are a TCP stage's: none here.
+        assert!(sample(families, "ringest_stage_open_connections", "gauge", &stage).is_none());
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn without_a_metrics_table_nothing_listens() {
     let t = bus();
     let mut daemon = Daemon::server(&t.bus, "quiet");

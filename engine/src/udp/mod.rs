@@ -411,6 +411,17 @@ pub(crate) fn start(
     let receive_path = stage::choose_receive_path(&name, config.receive_path, buffers as u16, what)?;
 
     // Bind every socket first: a taken address fails the start cleanly.
+    // SO_REUSEPORT would let this stage share a port with another process
+    // of the same user, which would then get part of the flows: unless the
+    // stage joins multicast groups (where receivers share a port by
+    // design), it first binds the address alone, so that a taken port
+    // fails here.
+    if config.multicast_groups.is_empty() && config.address.port() != 0 {
+        std::net::UdpSocket::bind(config.address).map_err(io_error(format!(
+            "bind {} (alone, to check that no other socket receives there)",
+            config.address
+        )))?;
+    }
     let socket_error = |e: socket::SocketError| EngineError::Io {
         stage: name.clone(),
         source: std::io::Error::other(e.to_string()),

@@ -390,6 +390,19 @@ fn sockets_share_the_port_and_each_sender_stays_on_one_shard_in_order() {
     assert!(datagrams.ended, "the channel ends with the stage");
 }
 
+/// Another process's SO_REUSEPORT socket would let both share the port
+/// and split the flows between them: the stage refuses to start instead.
+#[test]
+fn a_port_shared_by_another_reuseport_socket_fails_the_start() {
+    let t = common::bus();
+    let holder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    holder.set_reuse_port(true).unwrap();
+    holder.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    let taken = holder.local_addr().unwrap().as_socket().unwrap();
+    let err = Engine::new(t.bus.clone()).udp(config("shared", &taken.to_string())).start().unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
 #[test]
 fn a_taken_address_fails_the_start_with_a_clear_error() {
     let t = common::bus();
