@@ -1,6 +1,7 @@
 //! The engine's configuration: a TOML file with an optional `[bus]` table
 //! and any number of `[[tcp_server]]`, `[[tcp_client]]` and `[[udp]]` stage
-//! tables.
+//! tables, and `[[bridge]]` tables (links to another host's bus, run by the
+//! `ringest-bridge` crate).
 //!
 //! Every key has a default; [`default_config_toml`] documents them all.
 //! Loading rejects unknown keys, values of the wrong type and values out of
@@ -75,6 +76,10 @@ pub struct EngineConfig {
     /// The `[[udp]]` tables, in file order.
     #[serde(default)]
     pub udp: Vec<UdpConfig>,
+    /// The `[[bridge]]` tables, in file order. The engine does not start
+    /// them: `ringest run` starts each with the `ringest-bridge` crate.
+    #[serde(default)]
+    pub bridge: Vec<BridgeConfig>,
 }
 
 /// Where and how the stages create their shared-memory channels.
@@ -372,6 +377,139 @@ impl UdpConfig {
     }
 }
 
+/// Whether a bridge may lose records to keep up (`mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeMode {
+    /// Every record crosses exactly once: the exporting side holds each
+    /// record in its ring until the peer acknowledges it, and the ring's
+    /// backpressure reaches the sensors.
+    #[default]
+    Lossless,
+    /// A live view: the exporting side never holds the producer back and
+    /// skips what the link cannot carry in time; both sides count it.
+    Lossy,
+}
+
+/// A bridge (`[[bridge]]`): one TCP connection to another host's bridge
+/// over which both sides export channels of their bus and import the
+/// peer's, records unchanged (`docs/BRIDGE.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The bridge's name (logs, `ringest bridge status`): a valid channel
+    /// name of at most [`MAX_STAGE_NAME_LEN`] bytes, unique across the file.
+    pub name: String,
+    /// Address and port to accept the peer on (port 0: any free port); a
+    /// host name is resolved when the file is read. Exactly one of `listen`
+    /// and `connect`.
+    #[serde(deserialize_with = "optional_listen_address")]
+    pub listen: Option<SocketAddr>,
+    /// The peer's `host:port` to connect to (resolved on every attempt);
+    /// reconnects forever with the backoff below.
+    pub connect: Option<String>,
+    /// Local channels to send to the peer: names, where `*` stands for any
+    /// run of characters (`lidar/*`, `ingest/packet_group`). Channels
+    /// ending in `/egress_packets` are never exported this way: they flow
+    /// only towards the stage that sends them (see `docs/BRIDGE.md`).
+    pub export: Vec<String>,
+    /// The peer's channels appear locally as `<import_prefix>/<channel>`.
+    pub import_prefix: String,
+    /// `"lossless"` (default) or `"lossy"`.
+    pub mode: BridgeMode,
+    /// Bytes of records the peer may send before this side acknowledges
+    /// them (the credit window), 64 KiB..=1 GiB.
+    pub window_b: u64,
+    /// Milliseconds a connection attempt may take (1..=600_000).
+    pub connect_timeout_ms: u64,
+    /// Milliseconds to wait before the first reconnection attempt; the wait
+    /// doubles after each failure (1..=3_600_000).
+    pub reconnect_backoff_initial_ms: u64,
+    /// Longest wait between reconnection attempts in milliseconds
+    /// (`reconnect_backoff_initial_ms`..=3_600_000).
+    pub reconnect_backoff_max_ms: u64,
+    /// Milliseconds between heartbeats sent to the peer (10..=60_000).
+    pub keepalive_ms: u64,
+    /// Milliseconds without hearing from the peer after which the
+    /// connection is dropped and made again (more than `keepalive_ms`, at
+    /// most 600_000).
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            name: "bridge".to_owned(),
+            listen: None,
+            connect: None,
+            export: Vec::new(),
+            import_prefix: "remote".to_owned(),
+            mode: BridgeMode::Lossless,
+            window_b: 8 * MIB,
+            connect_timeout_ms: 5000,
+            reconnect_backoff_initial_ms: 100,
+            reconnect_backoff_max_ms: 5000,
+            keepalive_ms: 1000,
+            heartbeat_timeout_ms: 5000,
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// Parses and validates a single bridge table given at the top level of
+    /// `text`.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        load(text, None, Self::validate)
+    }
+
+    /// Checks every value's range and that exactly one of `listen` and
+    /// `connect` is set. Errors name the key (relative to the bridge's
+    /// table) but no line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name(&self.name)?;
+        match (&self.listen, &self.connect) {
+            (Some(_), Some(_)) => return Err(invalid("connect", "set either listen or connect, not both")),
+            (None, None) => {
+                return Err(invalid("listen", "set listen (accept the peer) or connect (reach the peer)"));
+            }
+            (None, Some(address)) => check_host_port(address).map_err(|e| e.renamed("connect"))?,
+            (Some(_), None) => {}
+        }
+        for (i, pattern) in self.export.iter().enumerate() {
+            // A pattern is a channel name in which `*` stands for any run of
+            // characters: check it with `*` standing for one letter.
+            if let Err(reason) = shm_bus::validate_name(&pattern.replace('*', "x")) {
+                let message = format!("{pattern:?} is not a channel name or pattern: {reason}");
+                return Err(invalid(&format!("export[{i}]"), message));
+            }
+        }
+        if let Err(reason) = shm_bus::validate_name(&self.import_prefix) {
+            let message = format!("{:?} is not a valid channel name: {reason}", self.import_prefix);
+            return Err(invalid("import_prefix", message));
+        }
+        in_range("window_b", self.window_b, 64 * KIB..=GIB)?;
+        in_range("connect_timeout_ms", self.connect_timeout_ms, 1..=600_000)?;
+        in_range("reconnect_backoff_initial_ms", self.reconnect_backoff_initial_ms, 1..=MAX_BACKOFF_MS)?;
+        if !(self.reconnect_backoff_initial_ms..=MAX_BACKOFF_MS).contains(&self.reconnect_backoff_max_ms) {
+            let message = format!(
+                "must be in {}..={MAX_BACKOFF_MS} (at least reconnect_backoff_initial_ms), got {}",
+                self.reconnect_backoff_initial_ms, self.reconnect_backoff_max_ms
+            );
+            return Err(invalid("reconnect_backoff_max_ms", message));
+        }
+        in_range("keepalive_ms", self.keepalive_ms, 10..=60_000)?;
+        if !(self.keepalive_ms + 1..=600_000).contains(&self.heartbeat_timeout_ms) {
+            let message = format!(
+                "must be in {}..=600000 (more than keepalive_ms), got {}",
+                self.keepalive_ms + 1,
+                self.heartbeat_timeout_ms
+            );
+            return Err(invalid("heartbeat_timeout_ms", message));
+        }
+        Ok(())
+    }
+}
+
 /// Why a configuration was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -420,6 +558,7 @@ impl Default for EngineConfig {
             tcp_server: vec![TcpServerConfig::default()],
             tcp_client: Vec::new(),
             udp: Vec::new(),
+            bridge: Vec::new(),
         }
     }
 }
@@ -512,6 +651,11 @@ impl EngineConfig {
             let table = format!("udp[{i}]");
             stage.validate().map_err(|e| e.within(&table))?;
             claim_name(&mut owners, &stage.name, table)?;
+        }
+        for (i, bridge) in self.bridge.iter().enumerate() {
+            let table = format!("bridge[{i}]");
+            bridge.validate().map_err(|e| e.within(&table))?;
+            claim_name(&mut owners, &bridge.name, table)?;
         }
         Ok(())
     }
@@ -616,6 +760,15 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 impl ConfigError {
+    /// Gives an `Invalid` error the key `key` (a check shared by keys of
+    /// different names).
+    fn renamed(mut self, new_key: &str) -> Self {
+        if let Self::Invalid { key, .. } = &mut self {
+            *key = new_key.to_owned();
+        }
+        self
+    }
+
     /// Prefixes the key path of an `Invalid` error with the table it is in.
     fn within(mut self, table: &str) -> Self {
         if let Self::Invalid { key, .. } = &mut self {
@@ -1113,6 +1266,48 @@ keepalive_s = 0
 # Where egress records without their own destination go (ip:port or
 # host:port); unset: such records are dropped and counted.
 # egress_destination = "192.168.1.201:2368"
+
+# A bridge: one TCP connection to another host's ringest, over which each
+# side exports channels of its bus and imports the other's, records
+# unchanged (kind, timestamp, per-shard sequence numbers, payload; protocol
+# in docs/BRIDGE.md). Lossless by default: a record leaves the exporting
+# ring only once the peer has published it, and a broken link or a restart
+# of either side resumes without loss or duplicates. A consumer of the
+# importing host may publish to <import_prefix>/<stage>/egress_packets: the
+# records reach the exporting host's stage. Repeat the table for more
+# bridges; the values shown are the defaults.
+# [[bridge]]
+# Name of the bridge, with the same rules as a stage name.
+# name = "bridge"
+# Exactly one of listen (accept the peer: ip:port or host:port, port 0: any
+# free port) and connect (the peer's host:port, resolved on every attempt;
+# reconnects forever with the backoff below).
+# listen = "0.0.0.0:7500"
+# connect = "sensor-host:7500"
+# Local channels to send to the peer; * stands for any run of characters.
+# export = ["ingest/*"]
+# The peer's channels appear here as <import_prefix>/<channel>.
+# import_prefix = "remote"
+# "lossless": every record exactly once, the exporting ring holds what the
+# peer has not acknowledged; "lossy": a live view that skips what the link
+# cannot carry in time, and counts it.
+# mode = "lossless"
+# Bytes of records the peer may send before this side acknowledges them,
+# 65536..=1073741824 (64 KiB..=1 GiB). 8 MiB.
+# window_b = 8388608
+# Milliseconds a connection attempt may take, 1..=600000.
+# connect_timeout_ms = 5000
+# Milliseconds to wait before the first reconnection attempt, 1..=3600000;
+# the wait doubles after each failure.
+# reconnect_backoff_initial_ms = 100
+# Longest wait between reconnection attempts in milliseconds, from
+# reconnect_backoff_initial_ms to 3600000.
+# reconnect_backoff_max_ms = 5000
+# Milliseconds between heartbeats, 10..=60000.
+# keepalive_ms = 1000
+# Milliseconds without a word from the peer after which the connection is
+# made again, more than keepalive_ms, at most 600000.
+# heartbeat_timeout_ms = 5000
 "#;
 
 #[cfg(test)]
@@ -1581,6 +1776,19 @@ mod tests {
             reconnect_backoff_max_ms = 50
             keepalive_s = 5
             ring_size_b = 65536
+
+            [[bridge]]
+            name = "to-perception"
+            connect = "perception.lan:7500"
+            export = ["lidar/*", "gnss/packet_group"]
+            import_prefix = "perception"
+            mode = "lossy"
+            window_b = 65536
+            connect_timeout_ms = 100
+            reconnect_backoff_initial_ms = 10
+            reconnect_backoff_max_ms = 20
+            keepalive_ms = 50
+            heartbeat_timeout_ms = 400
         "#;
         let expected = EngineConfig {
             bus: BusConfig { dir: Some(PathBuf::from("/dev/shm/plant")), mode: 0o640 },
@@ -1627,6 +1835,20 @@ mod tests {
                 ..TcpClientConfig::default()
             }],
             udp: Vec::new(),
+            bridge: vec![BridgeConfig {
+                name: "to-perception".to_owned(),
+                listen: None,
+                connect: Some("perception.lan:7500".to_owned()),
+                export: vec!["lidar/*".to_owned(), "gnss/packet_group".to_owned()],
+                import_prefix: "perception".to_owned(),
+                mode: BridgeMode::Lossy,
+                window_b: 64 * KIB,
+                connect_timeout_ms: 100,
+                reconnect_backoff_initial_ms: 10,
+                reconnect_backoff_max_ms: 20,
+                keepalive_ms: 50,
+                heartbeat_timeout_ms: 400,
+            }],
         };
         assert_eq!(EngineConfig::from_toml_str(text).unwrap(), expected);
     }
@@ -1694,6 +1916,7 @@ mod tests {
             keys_of::<TcpServerConfig>(),
             keys_of::<TcpClientConfig>(),
             keys_of::<UdpConfig>(),
+            keys_of::<BridgeConfig>(),
         ];
         for key in keys.concat() {
             assert!(
@@ -1706,8 +1929,13 @@ mod tests {
     #[test]
     fn the_commented_out_settings_of_the_default_file_are_the_defaults() {
         let is_setting = |line: &str| {
+            // The file shows both listen and connect; a bridge takes one.
+            if line.starts_with("connect = ") {
+                return false;
+            }
             line == "[[tcp_client]]"
                 || line == "[[udp]]"
+                || line == "[[bridge]]"
                 || line
                     .split_once(" = ")
                     .is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
@@ -1725,8 +1953,77 @@ mod tests {
                 egress_destination: Some(SocketAddr::from(([192, 168, 1, 201], 2368))),
                 ..Default::default()
             }],
+            bridge: vec![BridgeConfig {
+                listen: Some(SocketAddr::from(([0, 0, 0, 0], 7500))),
+                export: vec!["ingest/*".to_owned()],
+                ..Default::default()
+            }],
             ..Default::default()
         };
         assert_eq!(config, expected);
+    }
+
+    /// A file whose bridge connects and sets `key = value` on line 3.
+    fn bridge_with(key: &str, value: &str) -> String {
+        format!("[[bridge]]\nconnect = \"peer:7500\"\n{key} = {value}\n")
+    }
+
+    const BRIDGE_RANGES: &[RangeCase] = &[
+        ("name", &[r#""a""#, r#""to/perception""#], &[r#""""#, r#""a b""#, r#"".x""#]),
+        ("export", &["[]", r#"["lidar/*", "ingest/packet_group", "*"]"#], &[r#"["a b"]"#, r#"["/x"]"#]),
+        ("import_prefix", &[r#""sensor-a""#, r#""hosts/a""#], &[r#""""#, r#""a/""#]),
+        ("mode", &[r#""lossless""#, r#""lossy""#], &[r#""exact""#, "1"]),
+        ("window_b", &["65536", "1073741824"], &["65535", "1073741825"]),
+        ("connect_timeout_ms", &["1", "600000"], &["0", "600001"]),
+        ("reconnect_backoff_initial_ms", &["1", "5000"], &["0", "3600001"]),
+        ("reconnect_backoff_max_ms", &["100", "3600000"], &["99", "3600001"]),
+        ("keepalive_ms", &["10", "4999"], &["9", "60001"]),
+        ("heartbeat_timeout_ms", &["1001", "600000"], &["1000", "600001"]),
+    ];
+
+    #[test]
+    fn bridge_values_on_the_edges_of_their_range_are_accepted_and_beyond_rejected() {
+        for (key, accepted, rejected) in BRIDGE_RANGES {
+            for value in *accepted {
+                if let Err(e) = EngineConfig::from_toml_str(&bridge_with(key, value)) {
+                    panic!("bridge.{key} = {value} rejected: {e}");
+                }
+            }
+            for value in *rejected {
+                let (error_key, line, message) =
+                    invalid_parts(EngineConfig::from_toml_str(&bridge_with(key, value)));
+                let expected = format!("bridge[0].{key}");
+                assert!(error_key.starts_with(&expected), "bridge.{key} = {value}: {error_key}: {message}");
+                assert_eq!(line, Some(3), "bridge.{key} = {value}: {message}");
+            }
+        }
+        let covered: Vec<&str> = BRIDGE_RANGES.iter().map(|(key, _, _)| *key).collect();
+        for key in keys_of::<BridgeConfig>() {
+            let either = ["listen", "connect"].contains(key);
+            assert!(covered.contains(key) || either, "bridge.{key} has no range case");
+        }
+    }
+
+    #[test]
+    fn a_bridge_takes_exactly_one_of_listen_and_connect() {
+        let listening = EngineConfig::from_toml_str("[[bridge]]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(listening.bridge[0].listen, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+        let text = "[[bridge]]\nname = \"b\"\n";
+        let (key, line, message) = invalid_parts(EngineConfig::from_toml_str(text));
+        assert_eq!((key.as_str(), line), ("bridge[0].listen", Some(1)), "{message}");
+        assert!(message.contains("listen") && message.contains("connect"), "{message}");
+        let text = "[[bridge]]\nlisten = \"0.0.0.0:7500\"\nconnect = \"peer:7500\"\n";
+        let (key, line, message) = invalid_parts(EngineConfig::from_toml_str(text));
+        assert_eq!((key.as_str(), line), ("bridge[0].connect", Some(3)), "{message}");
+        let text = "[[bridge]]\nconnect = \"peer\"\n";
+        let (key, line, message) = invalid_parts(EngineConfig::from_toml_str(text));
+        assert_eq!((key.as_str(), line), ("bridge[0].connect", Some(2)), "{message}");
+        let text = "[[bridge]]\nlisten = \"nowhere\"\n";
+        let (key, line, _) = invalid_parts(EngineConfig::from_toml_str(text));
+        assert_eq!((key.as_str(), line), ("bridge[0].listen", Some(2)));
+        // Bridge names share the stages' namespace.
+        let text = "[[udp]]\nname = \"x\"\n[[bridge]]\nname = \"x\"\nconnect = \"peer:1\"\n";
+        let (key, line, message) = invalid_parts(EngineConfig::from_toml_str(text));
+        assert_eq!((key.as_str(), line), ("bridge[0].name", Some(4)), "{message}");
     }
 }

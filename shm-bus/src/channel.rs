@@ -181,6 +181,15 @@ pub struct ChannelOptions {
     /// about a window of records, not a ring. Unregistered lossy readers
     /// (no free slot, or foreign readers) are not waited for either way.
     pub hot_window: u64,
+    /// The channel's generation number (FORMAT.md §3.1). `None` (the
+    /// default): a fresh random one, as every producer incarnation should
+    /// have. `Some(g)` (never 0): for a bridge that republishes another
+    /// bus's channel, which keeps the origin's generation so that records
+    /// cross unchanged (egress outcomes name the generation of the egress
+    /// channel they answer). Readers follow a replacement by the file's
+    /// identity and the REPLACED state, not by the number, so a producer
+    /// that re-creates a channel under the same generation is followed too.
+    pub generation: Option<u64>,
 }
 
 /// The default [`ChannelOptions::hot_window`], chosen by measurement on a
@@ -192,7 +201,14 @@ pub const DEFAULT_HOT_WINDOW: u64 = 2 << 20;
 
 impl Default for ChannelOptions {
     fn default() -> Self {
-        Self { shards: 1, capacity: 64 << 20, reader_slots: 64, mode: 0o600, hot_window: DEFAULT_HOT_WINDOW }
+        Self {
+            shards: 1,
+            capacity: 64 << 20,
+            reader_slots: 64,
+            mode: 0o600,
+            hot_window: DEFAULT_HOT_WINDOW,
+            generation: None,
+        }
     }
 }
 
@@ -212,6 +228,9 @@ impl ChannelOptions {
         }
         if self.mode & !0o777 != 0 || self.mode & 0o600 != 0o600 {
             return Err(format!("mode must be within 0777 and include 0600, got {:o}", self.mode));
+        }
+        if self.generation == Some(0) {
+            return Err("generation must not be 0".to_owned());
         }
         Ok(())
     }
@@ -437,7 +456,7 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
     retire_old(name, &ring_path)?;
 
     let me = liveness::own_identity();
-    let generation = new_generation();
+    let generation = opts.generation.unwrap_or_else(new_generation);
     // Whoever may read the data may register as a reader: group/other
     // read bits (0o040, 0o004) grant the matching write bits (0o020, 0o002).
     let readers_mode = opts.mode | ((opts.mode & 0o044) >> 1);

@@ -51,7 +51,7 @@ pub use liveness::FOREIGN_HEARTBEAT_TIMEOUT;
 #[cfg(not(loom))]
 pub use producer::{PendingRecord, Producer, Reservation, ShardWriter};
 #[cfg(not(loom))]
-pub use reader::{Event, Reader, ReaderOptions, ReaderStats, Sample, StartAt};
+pub use reader::{Event, Reader, ReaderOptions, ReaderStats, ReleasePoint, Sample, StartAt};
 #[cfg(not(loom))]
 pub use ring::realtime_ns;
 

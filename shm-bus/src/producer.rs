@@ -168,6 +168,21 @@ impl ShardWriter {
         self.core.next_seq()
     }
 
+    /// Makes `seq` the sequence number of the next record, for a producer
+    /// that republishes records with the sequence numbers they already have
+    /// (a bridge importing another bus's channel): a new channel then
+    /// starts at the first record it holds, and a jump forward says that
+    /// the records in between were lost upstream (readers count them as
+    /// lost, as any gap). The shard header's `records_written` shows it at
+    /// once when nothing waits for a publish, else at the next publish.
+    ///
+    /// # Panics
+    /// If `seq` is below [`ShardWriter::next_seq`] (sequence numbers never
+    /// go back) or is `u64::MAX`.
+    pub fn skip_to_seq(&mut self, seq: u64) {
+        self.core.skip_to_seq(seq);
+    }
+
     /// Reserves space for one record of up to `max_len` payload bytes. Never
     /// blocks: [`ReserveError::Full`] means a gated reader still holds the
     /// space (nothing was dropped; retry once it has read on).

@@ -54,20 +54,47 @@ pub struct ReaderOptions {
     /// every 10 ms instead of sleeping on the futex.
     pub gated: bool,
     pub start: StartAt,
+    /// For gated readers: a record is released (the producer may overwrite
+    /// it) only by [`Reader::release`], not when its [`Sample`] is dropped.
+    /// The reader reads ahead of what it released, and [`Reader::rewind`]
+    /// goes back to it: for a forwarder (the bridge) that lets go of a
+    /// record only once its peer acknowledged it, and sends again what was
+    /// not acknowledged after a broken link.
+    pub hold_until_released: bool,
 }
 
 impl ReaderOptions {
     pub fn lossy() -> Self {
-        Self { gated: false, start: StartAt::Next }
+        Self { gated: false, start: StartAt::Next, hold_until_released: false }
     }
 
     pub fn gated() -> Self {
-        Self { gated: true, start: StartAt::Next }
+        Self { gated: true, start: StartAt::Next, hold_until_released: false }
     }
 
     pub fn start(self, start: StartAt) -> Self {
         Self { start, ..self }
     }
+
+    /// See [`ReaderOptions::hold_until_released`] (gated readers only).
+    pub fn hold_until_released(self) -> Self {
+        Self { hold_until_released: true, ..self }
+    }
+}
+
+/// Where a [`Reader`] may release one shard up to: the end of a record it
+/// delivered (see [`Sample::release_point`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReleasePoint {
+    /// The shard.
+    pub shard: u32,
+    /// Ring position just after the record.
+    pub pos: u64,
+    /// Sequence number of the record after it.
+    pub next_seq: u64,
+    /// Generation of the producer files the record came from: a point of
+    /// an older generation is ignored once the reader followed a restart.
+    pub generation: u64,
 }
 
 /// What a reader has seen so far.
@@ -132,6 +159,9 @@ pub struct Reader {
     /// Whether the losses at the end of the stream were counted.
     end_counted: bool,
     last_idle_check: Instant,
+    /// Per shard, the sequence number expected at the released position
+    /// (`u64::MAX`: unknown), where [`Reader::rewind`] resumes.
+    released_seq: Vec<u64>,
 }
 
 impl fmt::Debug for Reader {
@@ -283,6 +313,7 @@ impl Reader {
         let map = channel::attach(bus, name, access(opts))?;
         let (cursors, slot) = register(&map, opts)?;
         let heads = vec![None; cursors.len()];
+        let released_seq = cursors.iter().map(CursorCore::next_seq).collect();
         Ok(Self {
             bus: bus.clone(),
             name: name.to_owned(),
@@ -298,7 +329,54 @@ impl Reader {
             copied: None,
             end_counted: false,
             last_idle_check: Instant::now(),
+            released_seq,
         })
+    }
+
+    /// Releases shard `point.shard` up to `point` (a reader with
+    /// [`ReaderOptions::hold_until_released`]): the producer may overwrite
+    /// the records below it. A point at or below what was released already,
+    /// or of an older generation, changes nothing.
+    pub fn release(&mut self, point: ReleasePoint) -> Result<(), RecvError> {
+        if let Some(slot) = self.lost_slot {
+            return Err(self.slot_lost_error(slot));
+        }
+        let shard = point.shard as usize;
+        if point.generation != self.generation() || shard >= self.cursors.len() {
+            return Ok(());
+        }
+        let Some(hold) = &mut self.slot else { return Ok(()) };
+        if point.pos <= hold.released(shard) || point.pos > self.cursors[shard].position() {
+            return Ok(());
+        }
+        if self.map.slots.release(hold, shard, point.pos, point.next_seq).is_err() {
+            self.lose_slot();
+            return Err(self.slot_lost_error(self.lost_slot.unwrap_or(0)));
+        }
+        self.released_seq[shard] = point.next_seq;
+        Ok(())
+    }
+
+    /// Moves every shard back to where it was last released (a reader
+    /// with [`ReaderOptions::hold_until_released`]): the records read since
+    /// are delivered again. They are intact, as the gate kept the producer
+    /// off them. A reader without a slot (lossy) does nothing.
+    pub fn rewind(&mut self) -> Result<(), RecvError> {
+        if let Some(slot) = self.lost_slot {
+            return Err(self.slot_lost_error(slot));
+        }
+        let Some(hold) = &self.slot else { return Ok(()) };
+        if !self.opts.gated {
+            return Ok(());
+        }
+        for (shard, cursor) in self.cursors.iter_mut().enumerate() {
+            let mem = self.map.shards[shard].clone();
+            *cursor = CursorCore::new(mem, hold.released(shard), self.released_seq[shard], true);
+            self.heads[shard] = None;
+        }
+        self.copied = None;
+        self.end_counted = false;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -355,6 +433,11 @@ impl Reader {
 
     pub fn shard_count(&self) -> u32 {
         self.map.geometry.shards
+    }
+
+    /// Data ring bytes per shard of the producer files attached to.
+    pub fn shard_capacity(&self) -> u64 {
+        self.map.geometry.capacity
     }
 
     pub fn state(&self) -> ChannelState {
@@ -527,6 +610,7 @@ impl Reader {
             self.heads = vec![None; cursors.len()];
             self.copied = None;
             self.end_counted = false;
+            self.released_seq = cursors.iter().map(CursorCore::next_seq).collect();
             self.cursors = cursors;
             self.slot = slot;
             self.stats.restarts += 1;
@@ -706,6 +790,18 @@ impl Sample<'_> {
         self.shard as u32
     }
 
+    /// Where a reader with [`ReaderOptions::hold_until_released`] may
+    /// release this record's shard up to, once done with it (and with
+    /// every record of the shard before it): [`Reader::release`].
+    pub fn release_point(&self) -> ReleasePoint {
+        ReleasePoint {
+            shard: self.shard as u32,
+            pos: self.head.end(),
+            next_seq: self.head.seq + 1,
+            generation: self.reader.generation(),
+        }
+    }
+
     /// Records of this shard lost (overwritten) right before this one.
     pub fn lost_before(&self) -> u64 {
         self.head.lost
@@ -732,6 +828,10 @@ impl Sample<'_> {
 impl Drop for Sample<'_> {
     fn drop(&mut self) {
         let reader = &mut *self.reader;
+        if reader.opts.hold_until_released && reader.opts.gated {
+            // Released by `Reader::release` only.
+            return;
+        }
         if let Some(hold) = &mut reader.slot {
             let cursor = &reader.cursors[self.shard];
             if reader.map.slots.release(hold, self.shard, cursor.position(), cursor.next_seq()).is_err() {

@@ -578,6 +578,11 @@ impl SlotHold {
     pub(crate) fn state(&self) -> u32 {
         slot_state::state_of(self.owner)
     }
+
+    /// The position last stored for `shard`: everything below it released.
+    pub(crate) fn released(&self, shard: usize) -> u64 {
+        self.released[shard]
+    }
 }
 
 /// The slot is no longer the caller's: it was reaped, or its positions were
@@ -1153,6 +1158,20 @@ impl WriterCore {
 
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Moves the sequence number of the next record forward to `seq`
+    /// (never back): the records in between count as lost upstream.
+    pub(crate) fn skip_to_seq(&mut self, seq: u64) {
+        assert!(seq >= self.next_seq, "sequence numbers never go back ({seq} < {})", self.next_seq);
+        assert!(seq != u64::MAX, "sequence number u64::MAX leaves no room for the next");
+        self.next_seq = seq;
+        if self.pending == self.published {
+            // Nothing waits for a publish to carry it: show it now (a
+            // reader starting at the end learns the sequence number there).
+            // Relaxed: a statistic, as in `publish`.
+            self.shard.header.u64_at(shard_header::RECORDS_WRITTEN).store(seq, Ordering::Relaxed);
+        }
     }
 
     /// Whether `reserved` is where the next record goes (no record was

@@ -182,7 +182,7 @@ fn exercise(bus: &BusDir, name: &str, writer: &mut ShardWriter) {
     let mut readers: Vec<Reader> = Vec::new();
     for gated in [true, false] {
         for start in [StartAt::Oldest, StartAt::Latest, StartAt::Next] {
-            match Reader::attach(bus, name, ReaderOptions { gated, start }) {
+            match Reader::attach(bus, name, ReaderOptions { gated, start, ..Default::default() }) {
                 Ok(reader) => readers.push(reader),
                 Err(
                     AttachError::Corrupt { .. }
@@ -285,7 +285,7 @@ fn misaligned_positions_are_corrupt_errors_naming_the_field() {
             let file = OpenOptions::new().write(true).open(bus.ring_path(name)).unwrap();
             file.write_all_at(&value.to_le_bytes(), shard_base(1) + off as u64).unwrap();
             let attached = catch_unwind(AssertUnwindSafe(|| {
-                Reader::attach(&bus, name, ReaderOptions { gated, start }).map(drop)
+                Reader::attach(&bus, name, ReaderOptions { gated, start, ..Default::default() }).map(drop)
             }));
             match attached {
                 Ok(Err(AttachError::Corrupt { path, what: why })) => {

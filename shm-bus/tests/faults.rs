@@ -677,8 +677,12 @@ fn garbage_record_headers_are_recv_errors() {
             let name = format!("garbage/{what}-{gated}");
             let producer = Producer::create(&bus, &name, small_options()).unwrap();
             let mut writer = producer.shard(1).unwrap();
-            let mut reader =
-                Reader::attach(&bus, &name, ReaderOptions { gated, start: StartAt::Next }).unwrap();
+            let mut reader = Reader::attach(
+                &bus,
+                &name,
+                ReaderOptions { gated, start: StartAt::Next, ..Default::default() },
+            )
+            .unwrap();
             for seq in 0..3u64 {
                 writer.write(1, &seq.to_le_bytes()).unwrap();
             }

@@ -41,7 +41,7 @@ fn run_child_reader(ctx: &ChildCtx) {
     // written to yet): `Oldest` does not count what it loses before its first
     // record (see `lossy_reader_from_oldest_or_latest_...` in stress.rs).
     let start = if gated { StartAt::Oldest } else { StartAt::Next };
-    let opts = ReaderOptions { gated, start };
+    let opts = ReaderOptions { gated, start, ..Default::default() };
     let mut reader = Reader::attach(&ctx.bus(), &name, opts).unwrap();
     let shards = reader.shard_count();
     common::say("ATTACHED");

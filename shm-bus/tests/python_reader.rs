@@ -159,7 +159,14 @@ fn next_len(style: u32, cap: u64, sim: &Sim, seq: u64) -> u64 {
 fn python_reader_matches_every_retained_payload() {
     let (_dir, bus) = bus();
     let cap: u64 = 1 << 16;
-    let opts = ChannelOptions { shards: 3, capacity: cap, reader_slots: 4, mode: 0o600, hot_window: 0 };
+    let opts = ChannelOptions {
+        shards: 3,
+        capacity: cap,
+        reader_slots: 4,
+        mode: 0o600,
+        hot_window: 0,
+        generation: None,
+    };
     let producer = Producer::create(&bus, "py/stream", opts).unwrap();
     let counts = [500u64, 3000, 300];
     let mut written: Vec<Vec<Written>> = Vec::new();
@@ -310,7 +317,14 @@ fn python_reader_reads_a_ring_a_writer_started_over_and_skipped_ahead_in() {
 #[test]
 fn python_reader_prints_records_merged_by_timestamp() {
     let (_dir, bus) = bus();
-    let opts = ChannelOptions { shards: 2, capacity: 4096, reader_slots: 1, mode: 0o600, hot_window: 0 };
+    let opts = ChannelOptions {
+        shards: 2,
+        capacity: 4096,
+        reader_slots: 1,
+        mode: 0o600,
+        hot_window: 0,
+        generation: None,
+    };
     let producer = Producer::create(&bus, "py/json", opts).unwrap();
     let long: Vec<u8> = (0..40u8).collect();
     let mut w0 = producer.shard(0).unwrap();
@@ -355,7 +369,14 @@ fn assert_rejected(bus: &BusDir, channel: &str, extra: &[&str], what: &str) {
 #[test]
 fn python_reader_rejects_bad_files() {
     let (_dir, bus) = bus();
-    let opts = ChannelOptions { shards: 1, capacity: 4096, reader_slots: 1, mode: 0o600, hot_window: 0 };
+    let opts = ChannelOptions {
+        shards: 1,
+        capacity: 4096,
+        reader_slots: 1,
+        mode: 0o600,
+        hot_window: 0,
+        generation: None,
+    };
     for name in ["bad/magic", "bad/version", "bad/generation"] {
         let producer = Producer::create(&bus, name, opts).unwrap();
         producer.shard(0).unwrap().send(1, b"hello").unwrap();
@@ -391,7 +412,14 @@ fn lap_len(seq: u64) -> usize {
 #[test]
 fn python_reader_survives_being_lapped() {
     let (_dir, bus) = bus();
-    let opts = ChannelOptions { shards: 2, capacity: 4096, reader_slots: 1, mode: 0o600, hot_window: 0 };
+    let opts = ChannelOptions {
+        shards: 2,
+        capacity: 4096,
+        reader_slots: 1,
+        mode: 0o600,
+        hot_window: 0,
+        generation: None,
+    };
     let producer = Producer::create(&bus, "py/lap", opts).unwrap();
     let mut child = python_command(&bus, "py/lap", &["--follow", "--hex-bytes", "4096"])
         .stdout(Stdio::piped())
@@ -497,8 +525,14 @@ fn python_reader_survives_being_lapped() {
 fn a_restart_between_its_two_renames_is_retried_not_corrupt() {
     let (_dir, bus) = bus();
     let (_next_dir, next_bus) = self::bus();
-    let opts =
-        |shards| ChannelOptions { shards, capacity: 4096, reader_slots: 2, mode: 0o600, hot_window: 0 };
+    let opts = |shards| ChannelOptions {
+        shards,
+        capacity: 4096,
+        reader_slots: 2,
+        mode: 0o600,
+        hot_window: 0,
+        generation: None,
+    };
     drop(Producer::create(&bus, "restart", opts(2)).unwrap());
     let next = Producer::create(&next_bus, "restart", opts(1)).unwrap();
     next.shard(0).unwrap().send(1, b"new generation").unwrap();
@@ -531,7 +565,8 @@ fn a_restart_between_its_two_renames_is_retried_not_corrupt() {
 fn a_record_longer_than_the_largest_payload_is_corrupt() {
     let (_dir, bus) = bus();
     let capacity = 8192;
-    let opts = ChannelOptions { shards: 1, capacity, reader_slots: 2, mode: 0o600, hot_window: 0 };
+    let opts =
+        ChannelOptions { shards: 1, capacity, reader_slots: 2, mode: 0o600, hot_window: 0, generation: None };
     let producer = Producer::create(&bus, "long", opts).unwrap();
     producer.shard(0).unwrap().send(1, &[7u8; 8]).unwrap();
     assert_eq!(stdout_lines(&run_python(&bus, "long", &[])).len(), 2);

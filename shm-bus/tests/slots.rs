@@ -318,15 +318,18 @@ fn readers_attach_and_die_around_a_full_slot_table() {
                 while !done.load(Ordering::Relaxed) {
                     round += 1;
                     let gated = round % 2 == 0;
-                    let mut reader =
-                        match Reader::attach(bus, name, ReaderOptions { gated, start: StartAt::Next }) {
-                            Ok(reader) => reader,
-                            Err(AttachError::NoReaderSlot { .. }) => {
-                                thread::sleep(Duration::from_millis(1));
-                                continue;
-                            }
-                            Err(e) => panic!("{e}"),
-                        };
+                    let mut reader = match Reader::attach(
+                        bus,
+                        name,
+                        ReaderOptions { gated, start: StartAt::Next, ..Default::default() },
+                    ) {
+                        Ok(reader) => reader,
+                        Err(AttachError::NoReaderSlot { .. }) => {
+                            thread::sleep(Duration::from_millis(1));
+                            continue;
+                        }
+                        Err(e) => panic!("{e}"),
+                    };
                     thread_attaches.fetch_add(1, Ordering::Relaxed);
                     let slot = reader.slot();
                     if let Some(slot) = slot {

@@ -58,7 +58,7 @@ fn churn_readers(bus: &BusDir, name: &str, records: Records, shards: u32, done: 
     let mut incarnations = 0;
     while !done.load(Ordering::Relaxed) {
         let gated = incarnations % 2 == 0;
-        let opts = ReaderOptions { gated, start: STARTS[incarnations as usize % 3] };
+        let opts = ReaderOptions { gated, start: STARTS[incarnations as usize % 3], ..Default::default() };
         let mut reader = Reader::attach(bus, name, opts).unwrap();
         let mut check = StreamCheck::joining(gated, records, shards);
         for _ in 0..200 {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use engine::config::{self, EngineConfig};
+use bridge::Bridge;
+use engine::config::{self, BridgeConfig, BridgeMode, EngineConfig};
 use engine::records::ReceivePath;
 use engine::{
     CONNECTION_EVENTS, EGRESS_OUTCOMES, EGRESS_PACKETS, Engine, EngineHandle, PACKET_GROUP, SOCKET_STATS,
@@ -45,10 +46,15 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         Some(path) => EngineConfig::from_file(path)?,
         None => EngineConfig::default(),
     };
-    if config.tcp_server.is_empty() && config.tcp_client.is_empty() && config.udp.is_empty() {
+    if config.tcp_server.is_empty()
+        && config.tcp_client.is_empty()
+        && config.udp.is_empty()
+        && config.bridge.is_empty()
+    {
         let file = args.config.as_deref().map_or("the configuration".into(), |p| p.display().to_string());
         bail!(
-            "{file}: no stages: add a [[tcp_server]], [[tcp_client]] or [[udp]] table (see --print-default-config)"
+            "{file}: no stages: add a [[tcp_server]], [[tcp_client]], [[udp]] or [[bridge]] table \
+             (see --print-default-config)"
         );
     }
     // `--bus`, then the file's [bus] dir, then $RINGEST_BUS or the default.
@@ -65,6 +71,8 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         .map(|u| (u.name.clone(), u.multicast_groups.iter().map(ToString::to_string).collect()))
         .collect();
 
+    let bridges = config.bridge.clone();
+    let file_mode = config.bus.mode;
     let metrics_listen = config.metrics.listen;
     let mut systemd = Systemd::from_env();
 
@@ -84,7 +92,7 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
     if let Some(metrics) = &metrics {
         println!("metrics: http://{}/metrics", metrics.address());
     }
-    let daemon = Daemon { engine, metrics, systemd };
+    let mut daemon = Daemon { engine, metrics, systemd, bridges: Vec::new() };
     for (name, configured) in &servers {
         daemon.systemd.status(&format!("waiting for stage {name} to listen"));
         let address = match wait_listening(&daemon.engine, name, configured, &mut stop) {
@@ -105,7 +113,20 @@ pub fn run(args: RunArgs, bus_flag: Option<&Path>) -> anyhow::Result<()> {
         println!("stage {name}: receiving UDP on {address}{joined}");
         print_stage(&daemon.engine, name, "egress destinations");
     }
-    let stages = servers.len() + clients.len() + udp.len();
+    for config in bridges {
+        let described = describe_bridge(&config);
+        match Bridge::start(bus.clone(), file_mode, config) {
+            Ok(bridge) => {
+                print_bridge(&bridge, &described);
+                daemon.bridges.push(bridge);
+            }
+            Err(e) => {
+                let _ = daemon.shut_down("a bridge did not start");
+                return Err(e.into());
+            }
+        }
+    }
+    let stages = servers.len() + clients.len() + udp.len() + daemon.bridges.len();
     daemon.systemd.ready(&format!("running {}", crate::human::plural(stages as u64, "stage")));
     println!("running; SIGINT or SIGTERM stops");
     let signal = stop.wait();
@@ -117,14 +138,19 @@ struct Daemon {
     engine: EngineHandle,
     metrics: Option<MetricsServer>,
     systemd: Systemd,
+    bridges: Vec<Bridge>,
 }
 
 impl Daemon {
     fn shut_down(mut self, why: &str) -> anyhow::Result<()> {
         println!("stopping ({why})");
         self.systemd.stopping(&format!("stopping ({why})"));
-        if let Some(metrics) = self.metrics {
+        if let Some(metrics) = self.metrics.take() {
             metrics.stop();
+        }
+        // Bridges first: they tell their peers and end the imported channels.
+        for bridge in self.bridges.drain(..) {
+            bridge.stop();
         }
         self.engine.stop().context("stopping the engine")?;
         println!("stopped");
@@ -179,4 +205,35 @@ fn print_stage(engine: &EngineHandle, stage: &str, peers: &str) {
         channel_name(stage, EGRESS_PACKETS),
         channel_name(stage, EGRESS_OUTCOMES)
     );
+}
+
+/// What a bridge does, from its configuration, for its start-up lines.
+struct BridgeDescription {
+    peer: String,
+    exports: String,
+    imports: String,
+    mode: &'static str,
+}
+
+fn describe_bridge(config: &BridgeConfig) -> BridgeDescription {
+    let peer = match (&config.listen, &config.connect) {
+        (_, Some(address)) => format!("connecting to {address} (reconnects forever)"),
+        _ => String::new(),
+    };
+    let exports = if config.export.is_empty() { "nothing".to_owned() } else { config.export.join(", ") };
+    let imports = format!("{}/<the peer's channel>", config.import_prefix);
+    let mode = match config.mode {
+        BridgeMode::Lossless => "lossless (the exporting ring holds what the peer has not acknowledged)",
+        BridgeMode::Lossy => "lossy (skips what the link cannot carry in time, and counts it)",
+    };
+    BridgeDescription { peer, exports, imports, mode }
+}
+
+fn print_bridge(bridge: &Bridge, described: &BridgeDescription) {
+    match bridge.listening() {
+        Some(address) => println!("bridge {}: listening on {address} for its peer", bridge.name()),
+        None => println!("bridge {}: {}", bridge.name(), described.peer),
+    }
+    println!("  exports {}; imports as {}", described.exports, described.imports);
+    println!("  mode: {}", described.mode);
 }

@@ -1,0 +1,324 @@
+//! `ringest-bridge`: a link between the buses of two hosts. Over one TCP
+//! connection each side exports channels of its bus and imports the
+//! peer's, records unchanged (kind, timestamp, per-shard sequence numbers,
+//! payload, the channel's generation). Lossless by default: the exporting
+//! side reads with a gated reader that releases a record only once the peer
+//! acknowledged publishing it, and the peer's credit window bounds what is
+//! in flight. After a broken link or a restart of either side the importer
+//! says, per channel and shard, the next sequence number it lacks, and the
+//! exporter resumes there: nothing lost, nothing twice, as long as the
+//! exporting ring still holds what was not acknowledged.
+//!
+//! The wire protocol is in `docs/BRIDGE.md`. The bridge runs on plain
+//! threads with blocking sockets (one pair per link): it moves whole
+//! records between a socket and shared memory, and needs no executor.
+//!
+//! ```no_run
+//! use bridge::Bridge;
+//! use engine::config::BridgeConfig;
+//! use shm_bus::BusDir;
+//!
+//! let config = BridgeConfig {
+//!     listen: Some("0.0.0.0:7500".parse()?),
+//!     export: vec!["ingest/*".into()],
+//!     ..Default::default()
+//! };
+//! let bridge = Bridge::start(BusDir::from_env(), 0o600, config)?;
+//! println!("{:?}", bridge.status());
+//! bridge.stop();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod export;
+mod import;
+mod link;
+mod status;
+pub mod wire;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use engine::config::{BridgeConfig, BridgeMode};
+use shm_bus::BusDir;
+
+pub use status::{BridgeStatus, ExportStatus, ImportStatus};
+
+use crate::export::Exports;
+use crate::import::Imports;
+use crate::link::LinkContext;
+
+/// How often an idle listener or a backoff sleep looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// Why a bridge did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("bridge {name}: cannot listen on {address}: {source}")]
+    Listen { name: String, address: SocketAddr, source: io::Error },
+    #[error("bridge {name}: invalid configuration: {source}")]
+    Config { name: String, source: Box<engine::config::ConfigError> },
+    #[error("bridge {name}: cannot start its thread: {source}")]
+    Thread { name: String, source: io::Error },
+}
+
+/// A running bridge. [`Bridge::stop`] (or dropping it) closes the link
+/// gracefully.
+#[derive(Debug)]
+pub struct Bridge {
+    name: String,
+    shared: Arc<Shared>,
+    listening: Option<SocketAddr>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    status: Mutex<BridgeStatus>,
+}
+
+impl Bridge {
+    /// Starts the bridge of `config` on `bus`; imported channels get the
+    /// permission bits `file_mode`. A listening bridge is bound when this
+    /// returns ([`Bridge::listening`]).
+    pub fn start(bus: BusDir, file_mode: u32, config: BridgeConfig) -> Result<Self, BridgeError> {
+        let name = config.name.clone();
+        config.validate().map_err(|e| BridgeError::Config { name: name.clone(), source: Box::new(e) })?;
+        let listener = match config.listen {
+            Some(address) => {
+                let listener =
+                    TcpListener::bind(address)
+                        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                        .map_err(|source| BridgeError::Listen { name: name.clone(), address, source })?;
+                if !address.ip().is_loopback() {
+                    tracing::warn!(
+                        bridge = %name,
+                        "bridge: listening on {address} without TLS: anyone who reaches it can read and send records"
+                    );
+                }
+                Some(listener)
+            }
+            None => None,
+        };
+        let listening = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let shared =
+            Arc::new(Shared { stop: AtomicBool::new(false), status: Mutex::new(BridgeStatus::default()) });
+        let runner = Runner { bus, file_mode, config, shared: shared.clone() };
+        let thread = std::thread::Builder::new()
+            .name(format!("bridge-{name}"))
+            .spawn(move || match listener {
+                Some(listener) => runner.listen(listener),
+                None => runner.connect(),
+            })
+            .map_err(|source| BridgeError::Thread { name: name.clone(), source })?;
+        Ok(Self { name, shared, listening, thread: Some(thread) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address a listening bridge accepts its peer on (port 0 resolved).
+    pub fn listening(&self) -> Option<SocketAddr> {
+        self.listening
+    }
+
+    /// A snapshot of the link and the channels' counters (refreshed every
+    /// 50 ms while a link is up).
+    pub fn status(&self) -> BridgeStatus {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Closes the link (telling the peer) and ends the imported channels.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The bridge's thread.
+struct Runner {
+    bus: BusDir,
+    file_mode: u32,
+    config: BridgeConfig,
+    shared: Arc<Shared>,
+}
+
+impl Runner {
+    fn halves(&self) -> (Exports, Imports) {
+        let lossless = self.config.mode == BridgeMode::Lossless;
+        let exports = Exports::new(
+            self.bus.clone(),
+            self.config.export.clone(),
+            self.config.import_prefix.clone(),
+            lossless,
+        );
+        let imports = Imports::new(
+            self.bus.clone(),
+            self.file_mode,
+            self.config.import_prefix.clone(),
+            self.config.export.clone(),
+        );
+        (exports, imports)
+    }
+
+    fn context(&self) -> LinkContext<'_> {
+        LinkContext {
+            name: &self.config.name,
+            lossless: self.config.mode == BridgeMode::Lossless,
+            window: self.config.window_b,
+            keepalive: Duration::from_millis(self.config.keepalive_ms),
+            heartbeat_timeout: Duration::from_millis(self.config.heartbeat_timeout_ms),
+            stop: &self.shared.stop,
+            status: &self.shared.status,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    fn link_ended(&self, peer: SocketAddr, why: &str) {
+        if self.stopping() {
+            tracing::info!(bridge = %self.config.name, %peer, "bridge: link closed: {why}");
+        } else {
+            tracing::warn!(bridge = %self.config.name, %peer, "bridge: link down: {why}");
+        }
+        let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.connected = false;
+        status.last_error = Some(why.to_owned());
+    }
+
+    /// Accepts the peer; a new connection replaces the current link (the
+    /// peer reconnects only once it found the old one broken).
+    fn listen(self, listener: TcpListener) {
+        let (mut exports, mut imports) = self.halves();
+        let ctx = self.context();
+        let mut next: Option<(TcpStream, SocketAddr)> = None;
+        while !self.stopping() {
+            let (stream, peer) = match next.take() {
+                Some(accepted) => accepted,
+                None => match listener.accept() {
+                    Ok(accepted) => accepted,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(STOP_POLL);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(bridge = %self.config.name, "bridge: accept: {e}");
+                        std::thread::sleep(STOP_POLL);
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = stream.set_nonblocking(false) {
+                tracing::warn!(bridge = %self.config.name, %peer, "bridge: {e}");
+                continue;
+            }
+            tracing::info!(bridge = %self.config.name, %peer, "bridge: peer connected");
+            let mut superseded = || {
+                if next.is_none()
+                    && let Ok(accepted) = listener.accept()
+                {
+                    next = Some(accepted);
+                }
+                next.is_some()
+            };
+            let why = link::run(stream, peer, &ctx, &mut exports, &mut imports, &mut superseded);
+            self.link_ended(peer, &why);
+        }
+    }
+
+    /// Connects to the peer, and again whenever the link ends, with the
+    /// client stage's capped exponential backoff and jitter.
+    fn connect(self) {
+        let (mut exports, mut imports) = self.halves();
+        let ctx = self.context();
+        let address = self.config.connect.clone().unwrap_or_default();
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.config.reconnect_backoff_initial_ms),
+            Duration::from_millis(self.config.reconnect_backoff_max_ms),
+        );
+        while !self.stopping() {
+            match connect_once(&address, timeout) {
+                Ok((stream, peer)) => {
+                    backoff.reset();
+                    tracing::info!(bridge = %self.config.name, %peer, "bridge: connected");
+                    let why = link::run(stream, peer, &ctx, &mut exports, &mut imports, &mut || false);
+                    self.link_ended(peer, &why);
+                }
+                Err(e) => {
+                    tracing::info!(bridge = %self.config.name, "bridge: cannot connect to {address}: {e}");
+                    self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).last_error =
+                        Some(format!("cannot connect to {address}: {e}"));
+                }
+            }
+            let deadline = Instant::now() + backoff.delay();
+            while !self.stopping() && Instant::now() < deadline {
+                std::thread::sleep(STOP_POLL.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+}
+
+/// One attempt on each address `host:port` resolves to (resolved anew on
+/// every attempt).
+fn connect_once(address: &str, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "resolves to no address");
+    for candidate in address.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(stream) => return Ok((stream, candidate)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Capped exponential backoff with jitter, as the TCP client stage's: two
+/// restarted peers do not reconnect in lockstep.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        let seed = shm_bus::realtime_ns() ^ (u64::from(std::process::id()) << 32);
+        Self { initial, max, next: initial, rng: seed | 1 }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// Uniformly in [next/2, next], then doubles `next` up to the cap.
+    fn delay(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let full = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = full / 2;
+        half + Duration::from_nanos(self.rng % (full - half).as_nanos().max(1) as u64)
+    }
+}
