@@ -416,6 +416,20 @@ fn replay_fails_when_datagrams_are_refused_or_the_target_is_wrong() {
         failure_of(ringest(), &["replay", capture.to_str().unwrap(), "--connect", "127.0.0.1:9"]);
     assert!(code == 1 && stderr.contains("replays over UDP only"), "{stderr}");
     let (code, stderr) =
+        failure_of(ringest(), &["replay", capture.to_str().unwrap(), "--udp", "127.0.0.1:9"]);
+    assert!(code == 1 && stderr.contains("holds no UDP datagrams"), "{stderr}");
+    let tcp_only = dir.path().join("tcp.mcap");
+    let mut writer = mcap::Writer::new(std::fs::File::create(&tcp_only).unwrap()).unwrap();
+    let channel =
+        writer.add_channel(0, "ingest/packet_group/1", "application/octet-stream", &BTreeMap::new()).unwrap();
+    let header =
+        mcap::records::MessageHeader { channel_id: channel, sequence: 0, log_time: 0, publish_time: 0 };
+    writer.write_to_known_channel(&header, b"tcp bytes").unwrap();
+    writer.finish().unwrap();
+    let (code, stderr) =
+        failure_of(ringest(), &["replay", tcp_only.to_str().unwrap(), "--udp", "127.0.0.1:9"]);
+    assert!(code == 1 && stderr.contains("holds no datagrams") && stderr.contains("--connect"), "{stderr}");
+    let (code, stderr) =
         failure_of(ringest(), &["replay", path.to_str().unwrap(), "--udp", "127.0.0.1:9", "--udp-port", "5"]);
     assert!(code == 1 && stderr.contains("is an MCAP log"), "{stderr}");
     let (code, stderr) = failure_of(

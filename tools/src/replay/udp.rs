@@ -136,8 +136,23 @@ fn survey(replay: &UdpReplay) -> anyhow::Result<Survey> {
 /// is damaged.
 pub fn run(replay: UdpReplay) -> anyhow::Result<()> {
     let plan = survey(&replay)?;
-    if plan.datagrams == 0 && !replay.topics.is_empty() {
-        bail!("no datagram topic of {} matches --topic", replay.file.display());
+    if plan.datagrams == 0 && plan.damage.is_none() {
+        // Nothing to send is a mistake worth saying: a wrong filter, or the
+        // wrong kind of log.
+        let file = replay.file.display();
+        match replay.kind {
+            FileKind::Mcap if !replay.topics.is_empty() => {
+                bail!("no datagram topic of {file} matches --topic")
+            }
+            FileKind::Mcap => bail!(
+                "{file} holds no datagrams (<stage>/datagrams/<source> topics): a log of TCP connections \
+                 replays with --connect or --listen"
+            ),
+            _ if !(replay.filter.ports.is_empty() && replay.filter.sources.is_empty()) => {
+                bail!("no UDP datagram of {file} matches --udp-port or --src")
+            }
+            _ => bail!("{file} holds no UDP datagrams"),
+        }
     }
     let what = if replay.kind == FileKind::Mcap { "logged" } else { "captured" };
     println!(
