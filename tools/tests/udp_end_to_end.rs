@@ -32,7 +32,6 @@ fn start_engine(bus: &BusDir, max_datagram_size_b: u64) -> (EngineHandle, Socket
         address: "127.0.0.1:0".parse().unwrap(),
         kernel_receive_buffer_size_b: 16 << 20,
         max_datagram_size_b,
-        ring_size_b: 8 << 20,
         ..Default::default()
     };
     let engine = Engine::new(bus.clone()).udp(config).start().unwrap();
