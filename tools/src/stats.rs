@@ -14,8 +14,8 @@ use shm_bus::{BusDir, Reader, ReaderOptions, StartAt};
 use crate::follow::follow;
 use crate::human;
 use crate::log::json::socket_stats as socket_stats_json;
+use crate::log::json::udp_socket_stats as udp_socket_stats_json;
 use crate::table::Table;
-use crate::tail::udp_socket_stats as udp_socket_stats_json;
 
 #[derive(clap::Args, Debug)]
 pub struct StatsArgs {

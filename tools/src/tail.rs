@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::ValueEnum;
 use engine::EGRESS_OUTCOMES;
 use engine::records::{
-    self, Addr, ConnectionEvent, DatagramMeta, DisconnectReason, EgressOutcome, PacketMeta, ReceivePath,
-    SocketStats, UdpSocketCounters, UdpSocketStats,
+    self, Addr, ConnectionEvent, DatagramMeta, DisconnectReason, EgressOutcome, PacketMeta, SocketStats,
+    UdpSocketStats,
 };
 use serde_json::{Value, json};
 use shm_bus::{BusDir, Reader, ReaderOptions, StartAt};
@@ -345,7 +345,7 @@ impl Item {
             // Events and stats as the log holds them, tagged like every line.
             Self::Event(event) => tagged("connection_event", record_json::connection_event(event)),
             Self::Stats(stats) => tagged("socket_stats", record_json::socket_stats(stats)),
-            Self::UdpStats(stats) => tagged("udp_socket_stats", udp_socket_stats(stats)),
+            Self::UdpStats(stats) => tagged("udp_socket_stats", crate::log::json::udp_socket_stats(stats)),
             Self::Egress { time_ns, target, len, head } => json!({
                 "type": "egress",
                 "time_ns": time_ns,
@@ -394,47 +394,6 @@ fn known_destination(destination: &Addr) -> Option<SocketAddr> {
 
 fn destination_text(destination: &Addr) -> String {
     known_destination(destination).map_or_else(|| format!("?:{}", destination.port), |a| a.to_string())
-}
-
-/// A UDP stage's statistics as JSON: the fields of RECORDS.md §9, and
-/// `total`, every socket's counters added up.
-pub fn udp_socket_stats(stats: &UdpSocketStats) -> Value {
-    let sockets: Vec<Value> = stats.sockets.iter().map(udp_counters).collect();
-    let mut total = udp_counters(&stats.total());
-    if let Some(total) = total.as_object_mut() {
-        // A sum of sockets has no executor or address of its own.
-        total.remove("executor");
-        total.remove("local");
-    }
-    json!({
-        "time_ns": stats.time_ns,
-        "interval_ns": stats.interval_ns,
-        "receive_path": match stats.receive_path {
-            ReceivePath::GlommioRead => "glommio_read",
-            ReceivePath::IoUringMultishot => "io_uring_multishot",
-        },
-        "groups_published": stats.groups_published,
-        "sockets": sockets,
-        "total": total,
-    })
-}
-
-fn udp_counters(c: &UdpSocketCounters) -> Value {
-    json!({
-        "executor": c.executor,
-        "local": SocketAddr::from(c.local).to_string(),
-        "datagrams": c.datagrams,
-        "bytes": c.bytes,
-        "datagrams_per_s": c.datagrams_per_s,
-        "bytes_per_s": c.bytes_per_s,
-        "kernel_drops": c.kernel_drops,
-        "truncated": c.truncated,
-        "ring_full_stalls": c.ring_full_stalls,
-        "max_datagram_size": c.max_datagram_size,
-        "egress_sent": c.egress_sent,
-        "egress_drops": c.egress_drops,
-        "kernel_receive_buffer_b": c.kernel_receive_buffer_b,
-    })
 }
 
 /// The first bytes of `len`, in hex, with an ellipsis when there are more.
