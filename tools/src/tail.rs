@@ -413,7 +413,7 @@ mod tests {
     use super::*;
     use engine::records::{
         DatagramEgressHeader, DatagramGroupWriter, EgressHeader, FLAG_HARDWARE_TIME, FLAG_KERNEL_TIME,
-        FLAG_TRUNCATED, GroupWriter,
+        FLAG_TRUNCATED, GroupWriter, ReceivePath, UdpSocketCounters,
     };
 
     fn addr(text: &str) -> Addr {
