@@ -156,7 +156,18 @@ impl TwoHosts {
         let b = Namespace::new(&format!("ringest-{tag}-b-{pid}"))?;
         // Made inside A with its peer put straight into B: no name in the
         // root namespace, so tests running in parallel cannot collide.
-        a.ip(&["link", "add", Self::A_DEVICE, "type", "veth", "peer", "name", Self::B_DEVICE, "netns", b.name()]);
+        a.ip(&[
+            "link",
+            "add",
+            Self::A_DEVICE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            Self::B_DEVICE,
+            "netns",
+            b.name(),
+        ]);
         a.ip(&["addr", "add", &format!("{}/24", Self::A_ADDRESS), "dev", Self::A_DEVICE]);
         b.ip(&["addr", "add", &format!("{}/24", Self::B_ADDRESS), "dev", Self::B_DEVICE]);
         a.ip(&["link", "set", Self::A_DEVICE, "up"]);
@@ -258,11 +269,9 @@ impl Background {
                         return line;
                     }
                 }
-                Err(e) => panic!(
-                    "no line {prefix:?} ({e}); stdout {:#?}; stderr {}",
-                    self.stdout,
-                    self.stderr()
-                ),
+                Err(e) => {
+                    panic!("no line {prefix:?} ({e}); stdout {:#?}; stderr {}", self.stdout, self.stderr())
+                }
             }
         }
     }

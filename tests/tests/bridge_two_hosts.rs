@@ -19,7 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use engine::records::{self, ConnectionEvent};
-use ringest_e2e::{Background, DEADLINE, Daemon, TestBus, TwoHosts, bus, python_with, text, wait_for_channel};
+use ringest_e2e::{
+    Background, DEADLINE, Daemon, TestBus, TwoHosts, bus, python_with, text, wait_for_channel,
+};
 use sha2::{Digest, Sha256};
 use shm_bus::{BusDir, Event, Reader, ReaderOptions, StartAt};
 
@@ -28,11 +30,22 @@ const BRIDGE_PORT: u16 = 7500;
 /// B's name for A's stage.
 const IMPORTED: &str = "a/ingest";
 
+/// A's stage, with one executor per shard. Lossless across a SIGKILL of
+/// the exporting bridge needs ring headroom: while no bridge gates the
+/// ring, the stage drains its sockets' backlog into it at once, and that
+/// must not reach the records the peer has not acknowledged (docs/BRIDGE.md
+/// §3). Small receive slots (a slot per receive, whatever its length) and
+/// bounded socket buffers keep the burst well inside the 64 MiB ring.
 fn stage_config(shards: usize) -> String {
     let cores: Vec<String> = (0..shards).map(|c| c.to_string()).collect();
-    let affinity = if shards > 1 { format!("thread_processor_affinity = [{}]\n", cores.join(", ")) } else { String::new() };
+    let affinity = if shards > 1 {
+        format!("thread_processor_affinity = [{}]\n", cores.join(", "))
+    } else {
+        String::new()
+    };
     format!(
-        "[[tcp_server]]\nname = \"ingest\"\naddress = \"127.0.0.1:{STAGE_PORT}\"\nring_size_b = 33554432\n{affinity}"
+        "[[tcp_server]]\nname = \"ingest\"\naddress = \"127.0.0.1:{STAGE_PORT}\"\nring_size_b = 67108864\n\
+         receive_slot_size_b = 4096\nkernel_receive_buffer_size_b = 262144\n{affinity}"
     )
 }
 
@@ -106,7 +119,9 @@ impl Setup {
         let mut all = String::new();
         for daemon in self.killed.iter().chain([current]) {
             let log = daemon.process.stderr();
-            if log.contains(if a { "to-b" } else { "to-a" }) || log.contains(if a { "exporting" } else { "importing" }) {
+            if log.contains(if a { "to-b" } else { "to-a" })
+                || log.contains(if a { "exporting" } else { "importing" })
+            {
                 all.push_str(&log);
             }
         }
@@ -250,15 +265,49 @@ fn assert_every_byte(sent: &HashMap<SocketAddr, Sent>, imported: &Imported, log:
     }
 }
 
-/// Stops A's stage gracefully: its channels end, the bridges carry the end
-/// to B, where the logger and the reader finish.
+/// Waits until B sees `connections` connections of A's stage end: the
+/// stage read each to its end (loadgen's exit says only that it sent).
+fn wait_disconnected(bus: &BusDir, connections: usize) {
+    let options = ReaderOptions::lossy().start(StartAt::Oldest);
+    let mut reader = Reader::attach(bus, &format!("{IMPORTED}/connection_events"), options).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut ended = 0;
+    while ended < connections {
+        assert!(Instant::now() < deadline, "B saw {ended} of {connections} connections end");
+        match reader.recv_timeout(Duration::from_millis(50)).unwrap() {
+            Some(Event::Record(sample)) => {
+                if let Ok(ConnectionEvent::Disconnected { .. }) = records::decode(sample.payload()) {
+                    ended += 1;
+                }
+            }
+            // B's importing bridge restarted: the channel starts over from
+            // its oldest record.
+            Some(Event::Restarted { .. }) => ended = 0,
+            _ => {}
+        }
+    }
+}
+
+/// Once every connection ended, stops A's stage gracefully: its channels
+/// end, the bridges carry the end to B, where the logger and the reader
+/// finish.
 fn finish(setup: &mut Setup, mut logger: Background, reader: JoinHandle<Imported>) -> Imported {
+    wait_disconnected(&setup.bus_b.bus, 8);
     assert!(setup.stage.process.stop().success(), "stage: {}", setup.stage.process.stderr());
     let imported = reader.join().unwrap();
+    eprintln!(
+        "imported: {} records, {} duplicates, {} gaps, {} restarts",
+        imported.records, imported.duplicates, imported.gaps, imported.restarts
+    );
     let status = logger.wait();
     assert!(status.success(), "logger: {status}: {}", logger.stderr());
     let last = logger.stdout.last().cloned().unwrap_or_default();
-    assert!(last.contains("lost 0 records") && last.contains("the channels ended"), "logger: {last}");
+    assert!(
+        last.contains("lost 0 records") && last.contains("the channels ended"),
+        "logger: {last}\nbridges of A: {}\nbridges of B: {}",
+        setup.bridge_logs(true),
+        setup.bridge_logs(false)
+    );
     imported
 }
 
@@ -269,7 +318,8 @@ fn eight_connections_cross_the_bridge_byte_for_byte() {
     let log = dir.path().join("b.mcap");
     let logger = setup.logger(&log);
     let reader = read_imported(&setup.bus_b.bus);
-    let loadgen = setup.loadgen(&["--connections", "8", "--size", "4096", "--rate", "4000", "--seconds", "2"]);
+    let loadgen =
+        setup.loadgen(&["--connections", "8", "--size", "4096", "--rate", "4000", "--seconds", "2"]);
     let sent = sent_by(loadgen, 8);
     let imported = finish(&mut setup, logger, reader);
     assert_every_byte(&sent, &imported, &log);
@@ -287,7 +337,8 @@ fn every_byte_crosses_a_lossy_slow_link_that_goes_down_and_bridges_killed_in_tur
     let log = dir.path().join("b.mcap");
     let logger = setup.logger(&log);
     let reader = read_imported(&setup.bus_b.bus);
-    let loadgen = setup.loadgen(&["--connections", "8", "--size", "2048", "--rate", "1000", "--seconds", "12"]);
+    let loadgen =
+        setup.loadgen(&["--connections", "8", "--size", "2048", "--rate", "1000", "--seconds", "12"]);
     std::thread::sleep(Duration::from_millis(1500));
     setup.hosts.link_down();
     std::thread::sleep(Duration::from_secs(3));
@@ -306,7 +357,8 @@ fn every_byte_crosses_a_lossy_slow_link_that_goes_down_and_bridges_killed_in_tur
     // each restart) at a position the importer already held.
     let resumes: Vec<&str> =
         logs_a.lines().filter(|l| l.contains("peer resumes") && l.contains("ingest/packet_group")).collect();
-    let resumed_inside = resumes.iter().filter(|l| l.contains("next_seq=[") && !l.contains("next_seq=[0, 0]")).count();
+    let resumed_inside =
+        resumes.iter().filter(|l| l.contains("next_seq=[") && !l.contains("next_seq=[0, 0]")).count();
     assert!(resumes.len() >= 4 && resumed_inside >= 3, "resumes of A's exporter: {resumes:#?}");
     assert!(!logs_a.contains("overwritten"), "A lost nothing: {logs_a}");
     let imports: Vec<&str> =
@@ -345,9 +397,21 @@ print(f"received {len(got)} {hashlib.sha256(got).hexdigest()}", flush=True)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    send.stdin.take().unwrap().write_all(&data).unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let input = data.clone();
+    // A failing `send` may exit before reading it all: its message tells why.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = send.wait_with_output().unwrap();
-    assert!(out.status.success(), "ringest send on B: {}{}", text(&out.stdout), text(&out.stderr));
+    let _ = writer.join();
+    assert!(
+        out.status.success(),
+        "ringest send on B: {}{}\nbridge of A: {}\nbridge of B: {}\nstage: {}",
+        text(&out.stdout),
+        text(&out.stderr),
+        setup.bridge_logs(true),
+        setup.bridge_logs(false),
+        setup.stage.process.stderr()
+    );
     let received = client.line_starting("received");
     assert_eq!(received, format!("received {} {}", data.len(), sha256_hex(&data)));
 }
