@@ -192,6 +192,8 @@ struct Imported {
     duplicates: u64,
     /// Sequence numbers skipped.
     gaps: u64,
+    /// Records shm-bus reported lost before those read (`lost_before`).
+    lost_reported: u64,
     /// Times the channel's producer (B's importing bridge) was replaced.
     restarts: u64,
 }
@@ -218,6 +220,7 @@ fn read_imported(bus: &BusDir) -> JoinHandle<Imported> {
                     }
                     next.insert(shard, seq + 1);
                     seen.records += 1;
+                    seen.lost_reported += sample.lost_before();
                     assert_eq!(sample.kind(), records::KIND_PACKET_GROUP);
                     for packet in records::decode_group(sample.payload()).unwrap() {
                         let peer = SocketAddr::from(packet.meta.peer);
@@ -291,24 +294,30 @@ fn wait_disconnected(bus: &BusDir, connections: usize) {
 /// Once every connection ended, stops A's stage gracefully: its channels
 /// end, the bridges carry the end to B, where the logger and the reader
 /// finish.
-fn finish(setup: &mut Setup, mut logger: Background, reader: JoinHandle<Imported>) -> Imported {
+fn finish(setup: &mut Setup, mut logger: Background, reader: JoinHandle<Imported>) -> (Imported, String) {
     wait_disconnected(&setup.bus_b.bus, 8);
     assert!(setup.stage.process.stop().success(), "stage: {}", setup.stage.process.stderr());
     let imported = reader.join().unwrap();
     eprintln!(
-        "imported: {} records, {} duplicates, {} gaps, {} restarts",
-        imported.records, imported.duplicates, imported.gaps, imported.restarts
+        "imported: {} records, {} duplicates, {} gaps, {} reported lost, {} restarts",
+        imported.records, imported.duplicates, imported.gaps, imported.lost_reported, imported.restarts
     );
     let status = logger.wait();
     assert!(status.success(), "logger: {status}: {}", logger.stderr());
     let last = logger.stdout.last().cloned().unwrap_or_default();
+    assert!(last.contains("the channels ended"), "logger: {last}");
+    (imported, last)
+}
+
+/// The logger's last line says it lost nothing (checked after the bytes,
+/// so that a failure says whether bytes are missing too).
+fn assert_logger_lost_nothing(last: &str, setup: &Setup) {
     assert!(
-        last.contains("lost 0 records") && last.contains("the channels ended"),
+        last.contains("lost 0 records"),
         "logger: {last}\nbridges of A: {}\nbridges of B: {}",
         setup.bridge_logs(true),
         setup.bridge_logs(false)
     );
-    imported
 }
 
 #[test]
@@ -321,9 +330,10 @@ fn eight_connections_cross_the_bridge_byte_for_byte() {
     let loadgen =
         setup.loadgen(&["--connections", "8", "--size", "4096", "--rate", "4000", "--seconds", "2"]);
     let sent = sent_by(loadgen, 8);
-    let imported = finish(&mut setup, logger, reader);
+    let (imported, logger_said) = finish(&mut setup, logger, reader);
     assert_every_byte(&sent, &imported, &log);
-    assert_eq!(imported.restarts, 0);
+    assert_logger_lost_nothing(&logger_said, &setup);
+    assert_eq!((imported.restarts, imported.lost_reported), (0, 0));
 }
 
 #[test]
@@ -348,10 +358,12 @@ fn every_byte_crosses_a_lossy_slow_link_that_goes_down_and_bridges_killed_in_tur
     std::thread::sleep(Duration::from_secs(2));
     setup.restart_bridge_b();
     let sent = sent_by(loadgen, 8);
-    let imported = finish(&mut setup, logger, reader);
+    let (imported, logger_said) = finish(&mut setup, logger, reader);
     let (logs_a, logs_b) = (setup.bridge_logs(true), setup.bridge_logs(false));
     assert_every_byte(&sent, &imported, &log);
     assert_eq!(imported.restarts, 1, "the importer's restart replaced the channel once");
+    assert_eq!(imported.lost_reported, 0, "shm-bus reported no loss to a reader on B");
+    assert_logger_lost_nothing(&logger_said, &setup);
     // The resumes, as the bridges logged them: the exporter resumed the
     // packet channel on each new link (after the link came back, after
     // each restart) at a position the importer already held.
