@@ -609,10 +609,14 @@ impl DatagramSlots {
         self.writer.publish();
     }
 
-    /// The number of slots that end at or before stream position `pos`.
+    /// The number of slots usable with space claimed up to stream position
+    /// `pos`: those that end at or before it, except that the last slot of
+    /// a lap counts only once `pos` reaches the lap's end, since after it
+    /// comes the padding record over the rest of the lap.
     pub(crate) fn slots_before(&self, pos: u64) -> u64 {
         let (lap, offset) = (pos / self.capacity, pos % self.capacity);
-        lap * self.slots_per_lap + (offset / self.slot).min(self.slots_per_lap)
+        // `offset` is below the lap's end, so the last slot never counts.
+        lap * self.slots_per_lap + (offset / self.slot).min(self.slots_per_lap - 1)
     }
 
     /// Hands slot `n` to the kernel, as buffer `n mod entries`.
@@ -664,6 +668,28 @@ mod tests {
     /// 16 KiB slots, or 1 GiB with 4 KiB) asked for a completion queue of
     /// 131072, which the kernel refuses without IORING_SETUP_CLAMP: the
     /// stage silently fell back to the read path.
+    /// Slots of 1,416 bytes in a 64 KiB ring: 46 per lap, 400 bytes left
+    /// at each lap's end for a padding record.
+    #[test]
+    fn the_last_slot_of_a_lap_is_usable_only_with_the_rest_of_the_lap_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = shm_bus::BusDir::new(dir.path());
+        let opts = shm_bus::ChannelOptions { capacity: 64 << 10, hot_window: 0, ..Default::default() };
+        let producer = shm_bus::Producer::create(&bus, "slots", opts).unwrap();
+        let slots = DatagramSlots::new(ReceiveRing::new(4).unwrap(), producer.shard(0).unwrap(), 1416);
+        let lap = 64 << 10;
+        assert_eq!((slots.position(45), slots.position(46)), (45 * 1416, lap));
+        assert!(slots.ends_lap(45) && !slots.ends_lap(46) && slots.ends_lap(91));
+        assert_eq!(slots.lap_remainder(), 400);
+        assert_eq!(slots.slots_before(45 * 1416), 45);
+        // Claimed to the end of slot 45 but not over the rest of the lap:
+        // slot 45 must wait, or its padding would leave the claim.
+        assert_eq!(slots.slots_before(46 * 1416), 45);
+        assert_eq!(slots.slots_before(lap - 8), 45);
+        assert_eq!(slots.slots_before(lap), 46);
+        assert_eq!(slots.slots_before(lap + 1416), 47);
+    }
+
     #[test]
     fn the_largest_buffer_ring_gets_a_completion_queue_the_kernel_accepts() {
         assert_eq!(completion_queue_size(1 << 15), MAX_COMPLETION_QUEUE);
