@@ -21,6 +21,8 @@ use crate::wire::{Control, OFFER_RETURN, RecordHeader, ResumeAnswer};
 
 /// Longest sleep while the local ring is full (a lossless reader lags).
 const FULL_RETRY_MAX: Duration = Duration::from_millis(2);
+/// Longest sleep while a returned egress channel waits for its stage.
+const STAGE_RETRY_MAX: Duration = Duration::from_millis(50);
 
 /// Why a link must end on the importing side.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,11 @@ struct Imported {
     /// first record's sequence number is where history starts, not a gap.
     fresh: Vec<bool>,
     dirty: Vec<bool>,
+    /// An egress channel returned to a local stage (OFFER flag RETURN).
+    returned: bool,
+    /// Whether a gated reader (the stage's) was seen on the channel since
+    /// it was opened.
+    reader_seen: bool,
     counters: ImportStatus,
 }
 
@@ -159,6 +166,8 @@ impl Imports {
             next_seq,
             fresh: Vec::new(),
             dirty: vec![false; shards as usize],
+            returned: flags & OFFER_RETURN != 0,
+            reader_seen: false,
             counters: ImportStatus { generation, resumes: 1, ..Default::default() },
         };
         imported.fresh = imported.next_seq.iter().map(|&s| s == 0).collect();
@@ -197,6 +206,10 @@ impl Imports {
             // The channel ended, and the peer sends more of its generation
             // (after a resume): open it again where it stopped.
             open(&self.bus, self.file_mode, local, imported).map_err(protocol)?;
+        }
+        if imported.returned && !imported.reader_seen {
+            wait_for_stage(&self.bus, local, stop, &mut waiting)?;
+            imported.reader_seen = true;
         }
         let writer = &mut imported.writers[shard];
         let len = header.payload_len as usize;
@@ -316,5 +329,37 @@ fn open(bus: &BusDir, file_mode: u32, local: &str, imported: &mut Imported) -> R
     }
     imported.writers = writers;
     imported.producer = Some(producer);
+    imported.reader_seen = false;
     Ok(())
+}
+
+/// Waits until a gated reader, the stage's, reads the returned egress
+/// channel `local`: the stage attaches at the next record, so what was
+/// published before would never reach its sockets (nor get an outcome).
+/// Meanwhile the peer's exporter holds the records (lossless) or its window
+/// fills.
+fn wait_for_stage(
+    bus: &BusDir,
+    local: &str,
+    stop: &AtomicBool,
+    waiting: &mut impl FnMut(),
+) -> Result<(), ImportError> {
+    let mut sleep = Duration::from_millis(1);
+    let mut said = false;
+    loop {
+        let info = shm_bus::channel_info(bus, local);
+        if info.is_ok_and(|info| info.readers.iter().any(|r| r.gated)) {
+            return Ok(());
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(ImportError::Stopped);
+        }
+        if !said {
+            said = true;
+            tracing::info!(channel = %local, "bridge: egress waits for the stage to read its channel");
+        }
+        waiting();
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(STAGE_RETRY_MAX);
+    }
 }
