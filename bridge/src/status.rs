@@ -16,8 +16,12 @@ pub struct BridgeStatus {
     pub links: u64,
     /// Round-trip time of the last heartbeat.
     pub rtt: Option<Duration>,
-    /// Why the last link ended.
+    /// Why the last link ended, or the last connection was refused.
     pub last_error: Option<String>,
+    /// Whether the link is TLS.
+    pub tls: bool,
+    /// Connections refused before a link started (a failed TLS handshake).
+    pub refused: u64,
     /// Exported channels by local name.
     pub exports: BTreeMap<String, ExportStatus>,
     /// Imported channels by local name.
