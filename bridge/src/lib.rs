@@ -16,7 +16,7 @@
 //! ```no_run
 //! use bridge::Bridge;
 //! use engine::config::BridgeConfig;
-//! use shm_bus::BusDir;
+//! use shm_bus::{BusDir, ChannelOptions, Producer};
 //!
 //! let config = BridgeConfig {
 //!     listen: Some("0.0.0.0:7500".parse()?),
@@ -44,9 +44,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use engine::config::{BridgeConfig, BridgeMode};
-use shm_bus::BusDir;
+use shm_bus::{BusDir, ChannelOptions, Producer};
 
-pub use status::{BridgeStatus, ExportStatus, ImportStatus};
+pub use status::{
+    BridgeStatus, ExportRecord, ExportStatus, ImportRecord, ImportStatus, KIND_BRIDGE_STATUS, STATUS_CHANNEL,
+    StatusRecord,
+};
 pub use tls::TlsSetupError;
 
 use crate::export::Exports;
@@ -56,6 +59,12 @@ use crate::tls::TlsSide;
 
 /// How often an idle listener or a backoff sleep looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often a bridge publishes its status record.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Ring of the status channel: a record per channel of the bridge, each
+/// some 100 bytes, up to half of it.
+const STATUS_RING: u64 = 1 << 20;
+
 /// TLS handshakes a listener runs at once (each on its own thread, so that
 /// a slow or hostile peer holds up neither the link nor other peers).
 const MAX_HANDSHAKES: usize = 4;
@@ -71,6 +80,8 @@ pub enum BridgeError {
     Thread { name: String, source: io::Error },
     #[error("bridge {name}: {source}")]
     Tls { name: String, source: TlsSetupError },
+    #[error("bridge {name}: cannot create its status channel: {source}")]
+    Status { name: String, source: shm_bus::CreateError },
 }
 
 /// A running bridge. [`Bridge::stop`] (or dropping it) closes the link
@@ -81,6 +92,7 @@ pub struct Bridge {
     shared: Arc<Shared>,
     listening: Option<SocketAddr>,
     thread: Option<JoinHandle<()>>,
+    status_thread: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -122,6 +134,18 @@ impl Bridge {
         let listening = listener.as_ref().and_then(|l| l.local_addr().ok());
         let status = BridgeStatus { tls: tls.is_some(), ..Default::default() };
         let shared = Arc::new(Shared { stop: AtomicBool::new(false), status: Mutex::new(status) });
+        let status_options =
+            ChannelOptions { shards: 1, capacity: STATUS_RING, mode: file_mode, ..Default::default() };
+        let status_channel = format!("{name}/{STATUS_CHANNEL}");
+        let status_producer = Producer::create(&bus, &status_channel, status_options)
+            .map_err(|source| BridgeError::Status { name: name.clone(), source })?;
+        let status_thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("bridge-status-{name}"))
+                .spawn(move || publish_status(status_producer, &shared))
+                .map_err(|source| BridgeError::Thread { name: name.clone(), source })?
+        };
         let runner = Runner { bus, file_mode, config, tls, shared: shared.clone() };
         let thread = std::thread::Builder::new()
             .name(format!("bridge-{name}"))
@@ -130,7 +154,7 @@ impl Bridge {
                 None => runner.connect(),
             })
             .map_err(|source| BridgeError::Thread { name: name.clone(), source })?;
-        Ok(Self { name, shared, listening, thread: Some(thread) })
+        Ok(Self { name, shared, listening, thread: Some(thread), status_thread: Some(status_thread) })
     }
 
     pub fn name(&self) -> &str {
@@ -158,12 +182,49 @@ impl Bridge {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // Its last record says how the bridge stopped; then the channel ends.
+        if let Some(thread) = self.status_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// Publishes the bridge's status every [`STATUS_EVERY`] until it stops,
+/// and once more then.
+fn publish_status(producer: Producer, shared: &Shared) {
+    let Ok(mut writer) = producer.shard(0) else { return };
+    let mut previous: Option<StatusRecord> = None;
+    let mut too_large_logged = false;
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        let status = shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let record = StatusRecord::new(&status, shm_bus::realtime_ns(), previous.as_ref());
+        let payload = engine::records::encode(&record);
+        match writer.write(KIND_BRIDGE_STATUS, &payload) {
+            Ok(_) => writer.publish(),
+            // A lossless reader lags: this second's figures are skipped.
+            Err(shm_bus::ReserveError::Full { .. }) => {}
+            Err(e) => {
+                if !too_large_logged {
+                    tracing::warn!("bridge: status record not published: {e}");
+                    too_large_logged = true;
+                }
+            }
+        }
+        previous = Some(record);
+        if stopping {
+            return;
+        }
+        let next = Instant::now() + STATUS_EVERY;
+        while !shared.stop.load(Ordering::Relaxed) && Instant::now() < next {
+            std::thread::sleep(STOP_POLL);
+        }
     }
 }
 

@@ -345,12 +345,8 @@ fn refused(
     assert!(!b_status.connected);
     assert!(b_status.last_error.as_deref().is_some_and(|e| e.contains(b_says)), "{case}: {b_status:?}");
     assert!(a_status.last_error.as_deref().is_some_and(|e| e.contains(a_says)), "{case}: {a_status:?}");
-    let imported = shm_bus::list_channels(&bus_b).unwrap();
-    assert!(
-        imported.is_empty(),
-        "{case}: B imported {:?}",
-        imported.iter().map(|l| &l.name).collect::<Vec<_>>()
-    );
+    let names: Vec<String> = shm_bus::list_channels(&bus_b).unwrap().into_iter().map(|l| l.name).collect();
+    assert!(!names.iter().any(|n| n.starts_with("a/")), "{case}: B imported {names:?}");
 }
 
 #[test]
