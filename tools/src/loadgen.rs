@@ -1,7 +1,11 @@
 //! `ringest loadgen`: TCP connections writing messages of random bytes, at
 //! an optional rate, for a time; reports what each connection sent and its
 //! sha256, so a receiver can check every byte. [`run`] is also the load of
-//! `ringest demo`.
+//! `ringest demo`. With `--udp`, sources sending datagrams instead
+//! ([`udp`]).
+
+mod config_table;
+pub mod udp;
 
 use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -15,26 +19,53 @@ use sha2::{Digest, Sha256};
 
 use crate::flags::Total;
 use crate::human;
+use crate::replay::udp_sender::UdpTarget;
 
 #[derive(clap::Args, Debug)]
 pub struct LoadgenArgs {
-    /// Where to connect, as host:port.
+    /// Where to connect (or with --udp, where to send), as host:port.
     addr: String,
     /// Connections, each written by its own thread.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    connections: u32,
-    /// Bytes per message.
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
-    size: u32,
-    /// Messages per second over all connections [default: as fast as they go].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536),
+          required_unless_present_any = ["udp", "print_default_config"], conflicts_with = "udp")]
+    connections: Option<u32>,
+    /// Sends UDP datagrams (to a unicast address or a multicast group)
+    /// instead of writing to TCP connections.
+    #[arg(long)]
+    udp: bool,
+    /// With --udp: sources, each a socket of its own (its own port) sending
+    /// from its own thread.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "connections",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    sources: u32,
+    /// Bytes per message; with --udp, per datagram, or a range MIN-MAX of
+    /// random sizes (up to 65507 over IPv4).
+    #[arg(long, value_name = "BYTES|MIN-MAX", required_unless_present = "print_default_config")]
+    size: Option<udp::SizeRange>,
+    /// Messages (datagrams) per second over all connections (sources)
+    /// [default: as fast as they go].
     #[arg(long, value_name = "MSG_PER_S", value_parser = positive)]
     rate: Option<f64>,
     /// How long to send.
     #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
     seconds: Duration,
-    /// Seed of the random bytes: connection i writes the stream of seed + i.
+    /// Seed of the random bytes: connection (source) i writes the stream of
+    /// seed + i.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// With --udp to a multicast group: its time to live (hops).
+    #[arg(long, value_name = "HOPS", default_value_t = 1, conflicts_with = "connections",
+          value_parser = clap::value_parser!(u32).range(0..=255))]
+    multicast_ttl: u32,
+    /// With --udp to a multicast group: the interface to send on, by name
+    /// (eth0) or address [default: the route to the group].
+    #[arg(long, value_name = "NAME|ADDR", conflicts_with = "connections")]
+    multicast_interface: Option<String>,
+    /// Prints the stage table that receives this load (a commented
+    /// [[tcp_server]], or with --udp [[udp]], on ADDR), ready for `ringest
+    /// run --config`, and exits.
+    #[arg(long)]
+    print_default_config: bool,
 }
 
 /// What to send.
@@ -89,12 +120,12 @@ impl LoadReport {
 }
 
 /// How often [`run`] reports progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Longest a write blocks (a receiver pushing back) before the deadline is
 /// checked again.
 const WRITE_POLL: Duration = Duration::from_millis(100);
 /// Far enough never to come: instead of a deadline too far for an `Instant`.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub(crate) const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -209,6 +240,14 @@ fn is_retryable(e: &io::Error) -> bool {
 
 /// `ringest loadgen`: runs the load and prints the report.
 pub fn cli(args: LoadgenArgs) -> anyhow::Result<()> {
+    if args.print_default_config {
+        let address = resolve(&args.addr)?;
+        print!("{}", config_table::stage_table(address, args.udp)?);
+        return Ok(());
+    }
+    if args.udp {
+        return udp_cli(&args);
+    }
     let spec = args.spec()?;
     let mut out = io::stdout().lock();
     let rate = spec.rate.map_or("as fast as possible".to_owned(), |r| format!("{r} messages/s"));
@@ -254,20 +293,90 @@ pub fn cli(args: LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ringest loadgen --udp`: runs the load and prints the report; fails if
+/// a datagram could not be sent.
+fn udp_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
+    let target = UdpTarget::resolve(&args.addr, args.multicast_ttl, args.multicast_interface.as_deref())?;
+    let spec = udp::UdpLoadSpec {
+        target,
+        sources: args.sources as usize,
+        sizes: args.size.context("--size is required")?,
+        rate: args.rate,
+        duration: args.seconds,
+        seed: args.seed,
+    };
+    let mut out = io::stdout().lock();
+    let rate = spec.rate.map_or("as fast as possible".to_owned(), |r| format!("{r} datagrams/s"));
+    writeln!(
+        out,
+        "{} to {}, {} datagrams, {rate}, for {:.1} s",
+        human::plural(spec.sources as u64, "source"),
+        spec.target.address,
+        spec.sizes,
+        spec.duration.as_secs_f64()
+    )?;
+    let live = io::stderr().is_terminal();
+    let show = |bytes: u64| {
+        if live {
+            eprint!("\r{} sent ", human::bytes(bytes as f64));
+        }
+    };
+    let report = udp::run(&spec, &show)?;
+    if live {
+        eprint!("\r\x1b[K");
+    }
+    for s in &report.sources {
+        writeln!(
+            out,
+            "{}  bytes {}  datagrams {}  sha256 {}",
+            s.local,
+            s.bytes,
+            s.datagrams,
+            human::hex(&s.sha256)
+        )?;
+    }
+    let bytes: u64 = report.sources.iter().map(|s| s.bytes).sum();
+    let datagrams: u64 = report.sources.iter().map(|s| s.datagrams).sum();
+    let seconds = report.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+    writeln!(
+        out,
+        "total: {bytes} bytes ({}) in {datagrams} datagrams over {:.2} s: {}/s, {} datagrams/s",
+        human::bytes(bytes as f64),
+        report.elapsed.as_secs_f64(),
+        human::bytes(bytes as f64 / seconds),
+        human::count(datagrams as f64 / seconds),
+    )?;
+    let failed: u64 = report.sources.iter().map(|s| s.failed).sum();
+    if let Some(error) = report.sources.iter().find_map(|s| s.first_error.as_ref()) {
+        bail!(
+            "{} could not be sent to {} (not in the counts or sha256s above), the first: {error}",
+            human::plural(failed, "datagram"),
+            spec.target.address
+        );
+    }
+    Ok(())
+}
+
+/// The first address of `host:port` (a bad one is an error, not a usage
+/// error: it may be a name that did not resolve).
+fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("bad address {address:?}"))?
+        .next()
+        .with_context(|| format!("{address} resolves to no address"))
+}
+
 impl LoadgenArgs {
-    /// Resolves the address (a bad one is an error, not a usage error: it
-    /// may be a name that did not resolve).
     fn spec(&self) -> anyhow::Result<LoadSpec> {
-        let addr = self
-            .addr
-            .to_socket_addrs()
-            .with_context(|| format!("bad address {:?}", self.addr))?
-            .next()
-            .with_context(|| format!("{} resolves to no address", self.addr))?;
+        let size = self.size.context("--size is required")?;
+        if size.min != size.max {
+            bail!("a range of sizes is for --udp: TCP messages have one size");
+        }
         Ok(LoadSpec {
-            addr,
-            connections: self.connections as usize,
-            size: self.size as usize,
+            addr: resolve(&self.addr)?,
+            connections: self.connections.context("--connections is required")? as usize,
+            size: size.min,
             rate: self.rate,
             duration: self.seconds,
             seed: self.seed,

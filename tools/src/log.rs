@@ -4,10 +4,22 @@
 //! `<stage>/packet_group/<connection id>`, whose messages are the packets
 //! received on it (raw bytes, `log_time` = receive time), so concatenating
 //! a topic's messages gives the bytes the peer sent. Its metadata holds the
-//! `peer` and `local` addresses. Connection events and socket statistics
-//! are JSON messages on `<stage>/connection_events` and
-//! `<stage>/socket_stats`. Chunks are finished at least once a second, so a
-//! killed logger leaves a file readable up to its last chunk.
+//! `peer` and `local` addresses.
+//!
+//! A UDP stage's datagrams go to one topic per source,
+//! `<stage>/datagrams/<source ip:port>`, one message per datagram (its
+//! bytes exactly; `log_time` = the kernel's receive time when the engine
+//! has it, else the engine's; `publish_time` = the engine's). A topic has
+//! one channel per destination the source sent to (metadata `source`,
+//! `destination`), and datagrams cut to the stage's `max_datagram_size_b`
+//! go to a channel of their own with metadata `truncated` = `true`: MCAP
+//! cannot mark single messages, and a reader concatenating the topic still
+//! gets every datagram in order.
+//!
+//! Connection events and socket statistics are JSON messages on
+//! `<stage>/connection_events` and `<stage>/socket_stats`. Chunks are
+//! finished at least once a second, so a killed logger leaves a file
+//! readable up to its last chunk.
 
 pub mod json;
 pub mod mcap_reader;
@@ -257,9 +269,9 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
             let totals = logger.totals();
             format!(
                 "logged {} in {} ({}), lost {}",
-                human::plural(totals.packets, "packet"),
+                messages(&totals),
                 human::plural(totals.groups, "group"),
-                human::bytes(totals.bytes as f64),
+                human::bytes((totals.bytes + totals.datagram_bytes) as f64),
                 human::plural(totals.lost, "record"),
             )
         });
@@ -272,18 +284,45 @@ pub fn run(args: LogArgs, bus: &BusDir) -> anyhow::Result<()> {
         0 => String::new(),
         n => format!("; skipped {} undecodable", human::plural(n, "record")),
     };
+    // Never silent about datagrams the stage kept only in part.
+    let truncated = match totals.datagrams {
+        0 => String::new(),
+        _ => format!("; {} truncated (logged as kept)", human::plural(totals.truncated, "datagram")),
+    };
     println!(
-        "logged {} ({} in {}) from {} and {} into {} ({}); lost {}{skipped}; stopped by {stopped_by}",
-        human::plural(totals.packets, "packet"),
-        human::bytes(totals.bytes as f64),
+        "logged {} ({} in {}) from {} and {} into {} ({}); lost {}{truncated}{skipped}; stopped by {stopped_by}",
+        messages(&totals),
+        human::bytes((totals.bytes + totals.datagram_bytes) as f64),
         human::plural(totals.groups, "group"),
-        human::plural(totals.connections, "connection"),
+        senders(&totals),
         human::plural(totals.control_messages, "event and stats message"),
         options.out.display(),
         human::bytes(size as f64),
         human::plural(totals.lost, "record"),
     );
     Ok(())
+}
+
+/// "N packets", "N datagrams" or both: what the stages received.
+fn messages(totals: &LogTotals) -> String {
+    match (totals.packets, totals.datagrams) {
+        (packets, 0) => human::plural(packets, "packet"),
+        (0, datagrams) => human::plural(datagrams, "datagram"),
+        (packets, datagrams) => {
+            format!("{} and {}", human::plural(packets, "packet"), human::plural(datagrams, "datagram"))
+        }
+    }
+}
+
+/// "N connections", "N sources" or both: whom the messages came from.
+fn senders(totals: &LogTotals) -> String {
+    match (totals.connections, totals.sources) {
+        (connections, 0) => human::plural(connections, "connection"),
+        (0, sources) => human::plural(sources, "source"),
+        (connections, sources) => {
+            format!("{} and {}", human::plural(connections, "connection"), human::plural(sources, "source"))
+        }
+    }
 }
 
 /// A non-negative, finite number of seconds.

@@ -67,11 +67,13 @@ enum Command {
     Bridge(bridge_status::BridgeArgs),
     /// Logs channels to an MCAP file.
     Log(log::LogArgs),
-    /// Sends the connections of an MCAP log again over TCP.
+    /// Sends the connections of an MCAP log again over TCP, or the datagrams
+    /// of a log or a pcap/pcapng capture over UDP.
     Replay(replay::ReplayArgs),
     /// Sends standard input to a stage's connections.
     Send(send::SendArgs),
-    /// Opens TCP connections and writes random messages to them.
+    /// Opens TCP connections and writes random messages to them, or sends
+    /// random UDP datagrams from several sources.
     Loadgen(loadgen::LoadgenArgs),
     /// Prints a shell completion script (e.g. `ringest completions bash >
     /// /etc/bash_completion.d/ringest`).

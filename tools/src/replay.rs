@@ -1,6 +1,8 @@
 //! `ringest replay`: sends the connections of a log again over TCP, one
 //! connection per logged connection, one write per logged packet, at the
 //! original pace (scaled by `--speed`) or as fast as possible (`--max`).
+//! With `--udp` it sends the datagrams of a log or of a pcap/pcapng capture
+//! instead (see [`udp`]).
 //!
 //! One thread writes every connection in file order: the packets keep their
 //! interleaving across connections, and a peer that reads slowly holds up
@@ -22,16 +24,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::ArgGroup;
 
+mod capture;
+mod udp;
+pub mod udp_sender;
+
 use crate::human;
 use crate::log::mcap_reader::{connection_messages, log_messages};
 use crate::log::mcap_writer::{PACKET_ENCODING, is_connection_topic};
 use crate::progress::Progress;
 
 #[derive(clap::Args, Debug)]
-#[command(group(ArgGroup::new("target").required(true).args(["connect", "listen"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["connect", "listen", "udp"])))]
 pub struct ReplayArgs {
-    /// The MCAP log to replay (written by `ringest log`).
-    #[arg(value_name = "FILE.mcap")]
+    /// The MCAP log to replay (written by `ringest log`), or, with --udp, a
+    /// log or a pcap/pcapng capture.
+    #[arg(value_name = "FILE")]
     file: PathBuf,
     /// Connect to this address (host:port) once per logged connection.
     #[arg(long, value_name = "ADDR")]
@@ -51,9 +58,31 @@ pub struct ReplayArgs {
     #[arg(long = "conn", value_name = "ID")]
     conns: Vec<u64>,
     /// Replays the connection logged on TOPIC only, like
-    /// ingest/packet_group/3 (repeat for more) [default: every connection].
+    /// ingest/packet_group/3, or with --udp the datagrams of one source,
+    /// like lidar/datagrams/10.0.0.5:2368 (repeat for more) [default: all].
     #[arg(long = "topic", value_name = "TOPIC")]
     topics: Vec<String>,
+    /// Sends the datagrams of the log (its `<stage>/datagrams/<source>`
+    /// topics) or of a pcap/pcapng capture to this address (host:port, a
+    /// unicast address or a multicast group), one socket per source.
+    #[arg(long, value_name = "ADDR", conflicts_with = "conns")]
+    udp: Option<String>,
+    /// With --udp to a multicast group: its time to live (hops).
+    #[arg(long, value_name = "HOPS", default_value_t = 1, conflicts_with_all = ["connect", "listen"],
+          value_parser = clap::value_parser!(u32).range(0..=255))]
+    multicast_ttl: u32,
+    /// With --udp to a multicast group: the interface to send on, by name
+    /// (eth0) or address [default: the route to the group].
+    #[arg(long, value_name = "NAME|ADDR", conflicts_with_all = ["connect", "listen"])]
+    multicast_interface: Option<String>,
+    /// With a capture: replays the datagrams sent to this UDP port only
+    /// (repeat for more) [default: every port].
+    #[arg(long = "udp-port", value_name = "PORT", conflicts_with_all = ["connect", "listen"])]
+    udp_ports: Vec<u16>,
+    /// With a capture: replays the datagrams of this sender only, IP or
+    /// ip:port (repeat for more) [default: every sender].
+    #[arg(long = "src", value_name = "IP[:PORT]", conflicts_with_all = ["connect", "listen"])]
+    sources: Vec<capture::SourceFilter>,
 }
 
 impl ReplayArgs {
@@ -131,6 +160,28 @@ fn plan_line(plan: &BTreeMap<u16, Logged>) -> String {
 const LINGER: Duration = Duration::from_secs(5);
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let kind = capture::file_kind(&args.file)?;
+    if let Some(address) = &args.udp {
+        if kind == capture::FileKind::Mcap && !(args.udp_ports.is_empty() && args.sources.is_empty()) {
+            bail!(
+                "--udp-port and --src choose datagrams of a capture: {} is an MCAP log",
+                args.file.display()
+            );
+        }
+        let target =
+            udp_sender::UdpTarget::resolve(address, args.multicast_ttl, args.multicast_interface.as_deref())?;
+        return udp::run(udp::UdpReplay {
+            file: args.file,
+            kind,
+            target,
+            speed: (!args.max).then_some(args.speed),
+            topics: args.topics,
+            filter: capture::CaptureFilter { ports: args.udp_ports, sources: args.sources },
+        });
+    }
+    if kind != capture::FileKind::Mcap {
+        bail!("{} is a packet capture: it replays over UDP only (--udp ADDR)", args.file.display());
+    }
     let messages = connection_messages(&args.file)?;
     let plan = survey(&args)?;
     if plan.is_empty() && !(args.conns.is_empty() && args.topics.is_empty()) {
@@ -283,7 +334,16 @@ struct Pacer {
 impl Pacer {
     /// Sleeps until the message logged at `log_time` is due.
     fn wait_for(&mut self, log_time: u64) -> anyhow::Result<()> {
-        let Some(speed) = self.speed else { return Ok(()) };
+        if let Some(due) = self.due(log_time)? {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// When the message logged at `log_time` is due; `None`: at once (no
+    /// pacing).
+    fn due(&mut self, log_time: u64) -> anyhow::Result<Option<Instant>> {
+        let Some(speed) = self.speed else { return Ok(None) };
         let (origin_time, origin) = *self.origin.get_or_insert((log_time, Instant::now()));
         // A message logged before the first one (clocks of several
         // stages) is due at once.
@@ -292,8 +352,7 @@ impl Pacer {
             .ok()
             .and_then(|offset| origin.checked_add(offset))
             .with_context(|| format!("a message {offset_s:.0} s into the log cannot be scheduled"))?;
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        Ok(())
+        Ok(Some(due))
     }
 
     /// Shifts the schedule by `by` (time spent waiting for a client).

@@ -9,8 +9,12 @@ Prints one JSON object:
     {"indexed": bool, "chunks": int or null, "error": str or null,
      "topics": {topic: {"count", "bytes", "sha256", "metadata",
                         "message_encoding", "schema_name", "schema_encoding",
-                        "log_time_sorted", "json": [decoded messages] or null}}}
-Each topic's messages are taken in file order.
+                        "log_time_sorted", "json": [decoded messages] or null,
+                        "channels": int}},
+     "channels": [{"topic", "count", "bytes", "sha256", "metadata", ...}]}
+Each topic's messages are taken in file order, over all its channels (a UDP
+source's topic has a channel per destination); a topic's metadata is its
+first channel's. "channels" reports each channel on its own.
 """
 
 import hashlib
@@ -59,6 +63,7 @@ def main():
     path = sys.argv[1]
     stream = "--stream" in sys.argv[2:]
     topics = {}
+    channels = {}
     result = {"indexed": False, "chunks": None, "error": None}
     with open(path, "rb") as f:
         try:
@@ -74,13 +79,18 @@ def main():
                     result["chunks"] = len(summary.chunk_indexes)
                 messages = reader.iter_messages(log_time_order=False)
             for schema, channel, message in messages:
-                topic = topics.get(channel.id)
-                if topic is None:
-                    topic = topics[channel.id] = Topic(schema, channel)
-                topic.add(message)
+                for key, table in ((channel.topic, topics), (channel.id, channels)):
+                    entry = table.get(key)
+                    if entry is None:
+                        entry = table[key] = Topic(schema, channel)
+                    entry.add(message)
         except Exception as e:  # the tests look at what was read before the damage
             result["error"] = f"{type(e).__name__}: {e}"
-    result["topics"] = {t.channel.topic: t.report() for t in topics.values()}
+    result["topics"] = {}
+    for topic, entry in topics.items():
+        report = result["topics"][topic] = entry.report()
+        report["channels"] = sum(1 for c in channels.values() if c.channel.topic == topic)
+    result["channels"] = [dict(c.report(), topic=c.channel.topic) for c in channels.values()]
     json.dump(result, sys.stdout)
 
 

@@ -8,13 +8,18 @@
 
 use std::net::SocketAddr;
 
-use engine::records::{ConnectionEvent, DisconnectReason, ReceivePath, SocketStats, TrafficStats};
+use engine::records::{
+    ConnectionEvent, DisconnectReason, ReceivePath, SocketStats, TrafficStats, UdpSocketCounters,
+    UdpSocketStats,
+};
 use serde_json::{Value, json};
 
 /// Schema name of [`connection_event`] messages.
 pub const CONNECTION_EVENT_SCHEMA_NAME: &str = "ringest.ConnectionEvent";
 /// Schema name of [`socket_stats`] messages.
 pub const SOCKET_STATS_SCHEMA_NAME: &str = "ringest.SocketStats";
+/// Schema name of [`udp_socket_stats`] messages.
+pub const UDP_SOCKET_STATS_SCHEMA_NAME: &str = "ringest.UdpSocketStats";
 
 pub fn connection_event(event: &ConnectionEvent) -> Value {
     match event {
@@ -68,10 +73,7 @@ pub fn socket_stats(stats: &SocketStats) -> Value {
     json!({
         "time_ns": stats.time_ns,
         "interval_ns": stats.interval_ns,
-        "receive_path": match stats.receive_path {
-            ReceivePath::GlommioRead => "glommio_read",
-            ReceivePath::IoUringMultishot => "io_uring_multishot",
-        },
+        "receive_path": receive_path(stats.receive_path),
         "stage": {
             "open_connections": stage.open_connections,
             "rejected_connections": stage.rejected_connections,
@@ -83,6 +85,47 @@ pub fn socket_stats(stats: &SocketStats) -> Value {
         },
         "connections": connections,
     })
+}
+
+fn receive_path(path: ReceivePath) -> &'static str {
+    match path {
+        ReceivePath::GlommioRead => "glommio_read",
+        ReceivePath::IoUringMultishot => "io_uring_multishot",
+    }
+}
+
+/// A UDP stage's statistics: every socket's counters and their total.
+pub fn udp_socket_stats(stats: &UdpSocketStats) -> Value {
+    json!({
+        "time_ns": stats.time_ns,
+        "interval_ns": stats.interval_ns,
+        "receive_path": receive_path(stats.receive_path),
+        "groups_published": stats.groups_published,
+        "total": udp_counters(&stats.total(), false),
+        "sockets": stats.sockets.iter().map(|s| udp_counters(s, true)).collect::<Vec<_>>(),
+    })
+}
+
+/// One socket's counters; `socket` adds which socket (not in the total).
+fn udp_counters(c: &UdpSocketCounters, socket: bool) -> Value {
+    let mut value = json!({
+        "datagrams": c.datagrams,
+        "bytes": c.bytes,
+        "datagrams_per_s": c.datagrams_per_s,
+        "bytes_per_s": c.bytes_per_s,
+        "kernel_drops": c.kernel_drops,
+        "truncated": c.truncated,
+        "ring_full_stalls": c.ring_full_stalls,
+        "max_datagram_size": c.max_datagram_size,
+        "egress_sent": c.egress_sent,
+        "egress_drops": c.egress_drops,
+        "kernel_receive_buffer_b": c.kernel_receive_buffer_b,
+    });
+    if socket {
+        value["executor"] = json!(c.executor);
+        value["local"] = json!(SocketAddr::from(c.local).to_string());
+    }
+    value
 }
 
 fn traffic(t: &TrafficStats) -> Value {
@@ -180,6 +223,47 @@ pub fn socket_stats_schema() -> Value {
     })
 }
 
+/// The JSON schema of [`udp_socket_stats`] messages.
+pub fn udp_socket_stats_schema() -> Value {
+    let integer = json!({ "type": "integer" });
+    let number = json!({ "type": "number" });
+    let counters = |socket: bool| {
+        let mut properties = json!({
+            "datagrams": { "type": "integer", "description": "received, truncated ones included" },
+            "bytes": { "type": "integer", "description": "data bytes received (of truncated datagrams, those kept)" },
+            "datagrams_per_s": number,
+            "bytes_per_s": number,
+            "kernel_drops": { "type": "integer", "description": "dropped by the kernel, socket buffer full (SO_RXQ_OVFL)" },
+            "truncated": { "type": "integer", "description": "longer than max_datagram_size_b, kept cut" },
+            "ring_full_stalls": { "type": "integer", "description": "pauses while a lossless reader held the ring full" },
+            "max_datagram_size": { "type": "integer", "description": "largest datagram of the interval" },
+            "egress_sent": integer,
+            "egress_drops": integer,
+            "kernel_receive_buffer_b": integer,
+        });
+        if socket {
+            properties["executor"] = integer.clone();
+            properties["local"] =
+                json!({ "type": "string", "description": "address the socket is bound to" });
+        }
+        json!({ "type": "object", "properties": properties })
+    };
+    json!({
+        "title": UDP_SOCKET_STATS_SCHEMA_NAME,
+        "description": "A ringest UDP stage's socket statistics, once a second; totals since the stage started, rates over interval_ns",
+        "type": "object",
+        "properties": {
+            "time_ns": integer,
+            "interval_ns": integer,
+            "receive_path": { "type": "string", "enum": ["glommio_read", "io_uring_multishot"] },
+            "groups_published": integer,
+            "total": counters(false),
+            "sockets": { "type": "array", "items": counters(true) },
+        },
+        "required": ["time_ns", "interval_ns", "total", "sockets"],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +319,37 @@ mod tests {
         let schema = socket_stats_schema();
         for key in value["stage"]["traffic"].as_object().unwrap().keys() {
             assert!(schema["properties"]["stage"]["properties"]["traffic"]["properties"].get(key).is_some());
+        }
+    }
+
+    #[test]
+    fn udp_stats_render_every_socket_and_the_total() {
+        let socket = UdpSocketCounters {
+            executor: 1,
+            local: "0.0.0.0:2368".parse::<SocketAddr>().unwrap().into(),
+            datagrams: 5,
+            kernel_drops: 2,
+            truncated: 1,
+            ..Default::default()
+        };
+        let stats = UdpSocketStats {
+            time_ns: 1,
+            interval_ns: 2,
+            receive_path: ReceivePath::GlommioRead,
+            groups_published: 3,
+            sockets: vec![socket, UdpSocketCounters { executor: 2, ..socket }],
+        };
+        let value = udp_socket_stats(&stats);
+        assert_eq!(value["total"]["datagrams"], 10);
+        assert_eq!(value["total"]["kernel_drops"], 4);
+        assert_eq!(value["sockets"][1]["executor"], 2);
+        assert_eq!(value["sockets"][0]["local"], "0.0.0.0:2368");
+        let schema = udp_socket_stats_schema();
+        for key in value["sockets"][0].as_object().unwrap().keys() {
+            assert!(schema["properties"]["sockets"]["items"]["properties"].get(key).is_some(), "{key}");
+        }
+        for key in value.as_object().unwrap().keys() {
+            assert!(schema["properties"].get(key).is_some(), "{key}");
         }
     }
 }

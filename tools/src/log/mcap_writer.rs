@@ -1,5 +1,6 @@
-//! The log file: an MCAP file with one channel per TCP connection and JSON
-//! channels for each stage's connection events and socket statistics.
+//! The log file: an MCAP file with one channel per TCP connection, one
+//! topic per UDP source, and JSON channels for each stage's connection
+//! events and socket statistics.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,6 +29,14 @@ pub const PACKET_ENCODING: &str = "application/octet-stream";
 /// Channel metadata keys of a packet channel.
 pub const PEER_KEY: &str = "peer";
 pub const LOCAL_KEY: &str = "local";
+/// Channel metadata keys of a datagram channel.
+pub const SOURCE_KEY: &str = "source";
+pub const DESTINATION_KEY: &str = "destination";
+/// Channel metadata of a datagram channel whose messages were cut to the
+/// stage's `max_datagram_size_b` (value `"true"`).
+pub const TRUNCATED_KEY: &str = "truncated";
+/// The path segment of datagram topics: `<stage>/datagrams/<source>`.
+pub const DATAGRAMS: &str = "datagrams";
 
 /// Topic of connection `id` of `stage`: `<stage>/packet_group/<id>`.
 pub fn connection_topic(stage: &str, id: u64) -> String {
@@ -43,6 +52,37 @@ pub fn is_connection_topic(topic: &str) -> bool {
     )
 }
 
+/// Topic of the datagrams `stage` received from `source`:
+/// `<stage>/datagrams/<source ip:port>` (IPv6 in brackets).
+pub fn datagram_topic(stage: &str, source: SocketAddr) -> String {
+    format!("{stage}/{DATAGRAMS}/{source}")
+}
+
+/// The stage and source of a datagram topic ([`datagram_topic`]).
+pub fn split_datagram_topic(topic: &str) -> Option<(&str, SocketAddr)> {
+    let (rest, source) = topic.rsplit_once('/')?;
+    let stage = rest.strip_suffix(DATAGRAMS)?.strip_suffix('/')?;
+    (!stage.is_empty()).then_some(())?;
+    Some((stage, source.parse().ok()?))
+}
+
+/// Whether `topic` is a datagram topic ([`datagram_topic`]).
+pub fn is_datagram_topic(topic: &str) -> bool {
+    split_datagram_topic(topic).is_some()
+}
+
+/// Where a datagram channel's messages came from and went: one channel per
+/// distinct value, all of a source's channels on its one topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DatagramFlow {
+    pub source: SocketAddr,
+    /// The address the datagrams were sent to (a multicast group, or the
+    /// stage's own address); `None` when the engine could not tell.
+    pub destination: Option<SocketAddr>,
+    /// Whether they were longer than the stage keeps, and are cut.
+    pub truncated: bool,
+}
+
 /// What was written so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogTotals {
@@ -53,7 +93,15 @@ pub struct LogTotals {
     /// JSON messages: connection events and socket stats.
     pub control_messages: u64,
     pub connections: u64,
-    /// Packet groups read.
+    /// Datagram messages: one per datagram received.
+    pub datagrams: u64,
+    /// Bytes of datagram data (of truncated ones, what was kept).
+    pub datagram_bytes: u64,
+    /// Datagrams logged cut to the stage's `max_datagram_size_b`.
+    pub truncated: u64,
+    /// Distinct datagram sources (topics).
+    pub sources: u64,
+    /// Packet and datagram groups read.
     pub groups: u64,
     /// Records lost on the bus before the logger read them.
     pub lost: u64,
@@ -122,11 +170,42 @@ impl McapWriter {
         Ok(channel)
     }
 
-    /// Adds the JSON channel `<stage>/<kind>`; returns its id.
-    pub fn add_control_channel(&mut self, stage: &str, kind: ControlChannel) -> anyhow::Result<u16> {
+    /// Adds the channel of the datagrams of `flow` at `stage`; `new_source`
+    /// says whether its topic is new. Returns the channel's id.
+    pub fn add_datagram_channel(
+        &mut self,
+        stage: &str,
+        flow: &DatagramFlow,
+        new_source: bool,
+    ) -> anyhow::Result<u16> {
+        let mut metadata = BTreeMap::from([(SOURCE_KEY.to_owned(), flow.source.to_string())]);
+        if let Some(destination) = flow.destination {
+            metadata.insert(DESTINATION_KEY.to_owned(), destination.to_string());
+        }
+        if flow.truncated {
+            metadata.insert(TRUNCATED_KEY.to_owned(), "true".to_owned());
+        }
+        let topic = datagram_topic(stage, flow.source);
+        let channel = self.writer.add_channel(0, &topic, PACKET_ENCODING, &metadata)?;
+        self.totals.sources += u64::from(new_source);
+        Ok(channel)
+    }
+
+    /// Adds the JSON channel `<stage>/<kind>` for records of `record_kind`
+    /// (a UDP stage's socket statistics differ from a TCP stage's); returns
+    /// its id.
+    pub fn add_control_channel(
+        &mut self,
+        stage: &str,
+        kind: ControlChannel,
+        record_kind: u16,
+    ) -> anyhow::Result<u16> {
         let (name, schema) = match kind {
             ControlChannel::ConnectionEvents => {
                 (json::CONNECTION_EVENT_SCHEMA_NAME, json::connection_event_schema())
+            }
+            ControlChannel::SocketStats if record_kind == engine::records::KIND_UDP_SOCKET_STATS => {
+                (json::UDP_SOCKET_STATS_SCHEMA_NAME, json::udp_socket_stats_schema())
             }
             ControlChannel::SocketStats => (json::SOCKET_STATS_SCHEMA_NAME, json::socket_stats_schema()),
         };
@@ -141,6 +220,20 @@ impl McapWriter {
         self.writer.write_to_known_channel(header, data)?;
         self.totals.packets += 1;
         self.totals.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes one received datagram (what was kept of it, if `truncated`).
+    pub fn write_datagram(
+        &mut self,
+        header: &MessageHeader,
+        data: &[u8],
+        truncated: bool,
+    ) -> anyhow::Result<()> {
+        self.writer.write_to_known_channel(header, data)?;
+        self.totals.datagrams += 1;
+        self.totals.datagram_bytes += data.len() as u64;
+        self.totals.truncated += u64::from(truncated);
         Ok(())
     }
 
@@ -184,5 +277,19 @@ mod tests {
         assert!(!is_connection_topic("ingest/socket_stats/1"));
         assert!(!is_connection_topic("ingest/xpacket_group/1"));
         assert!(!is_connection_topic("packet_group/1"));
+    }
+
+    #[test]
+    fn datagram_topics_are_recognized() {
+        let v4: SocketAddr = "10.0.0.7:2368".parse().unwrap();
+        let v6: SocketAddr = "[fe80::1]:5004".parse().unwrap();
+        assert_eq!(datagram_topic("lidar/front", v4), "lidar/front/datagrams/10.0.0.7:2368");
+        assert_eq!(datagram_topic("cam", v6), "cam/datagrams/[fe80::1]:5004");
+        assert_eq!(split_datagram_topic("lidar/front/datagrams/10.0.0.7:2368"), Some(("lidar/front", v4)));
+        assert_eq!(split_datagram_topic("cam/datagrams/[fe80::1]:5004"), Some(("cam", v6)));
+        assert!(!is_datagram_topic("datagrams/10.0.0.7:2368"));
+        assert!(!is_datagram_topic("cam/datagrams/10.0.0.7"));
+        assert!(!is_datagram_topic("cam/packet_group/1"));
+        assert!(!is_connection_topic(&datagram_topic("cam", v4)));
     }
 }

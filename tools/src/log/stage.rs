@@ -5,19 +5,25 @@
 //! connection's first packet with its `Connected` event, which holds the
 //! connection's local address: a channel's metadata is written before its
 //! first message.
+//!
+//! A UDP stage publishes datagram groups on the same packet channel (and
+//! its own statistics record on the stats channel): each record's kind says
+//! which stage wrote it, so one recorder serves both.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use engine::records::{self, ConnectionEvent, PacketMeta, SocketStats};
+use engine::records::{self, ConnectionEvent, PacketMeta, SocketStats, UdpSocketStats};
 use mcap::records::MessageHeader;
 use serde_json::Value;
 use shm_bus::{BusDir, Event, Reader, ReaderOptions, StartAt};
 
-use super::mcap_writer::McapWriter;
+use super::mcap_writer::{DatagramFlow, McapWriter};
 use super::{ControlChannel, StageSelection, json};
 use crate::flags::StopFlag;
 
@@ -35,15 +41,16 @@ struct Source {
     /// only for the local addresses.
     logged: bool,
     ended: bool,
-    /// The file's channel for a logged control channel.
-    channel: u16,
-    sequence: u32,
+    /// The file's channel for a logged control channel, by record kind
+    /// (added with the first record: its kind says its schema), and its
+    /// next message sequence number.
+    channels: HashMap<u16, (u16, u32)>,
 }
 
 impl Source {
     fn attach(bus: &BusDir, name: &str, options: ReaderOptions, logged: bool) -> anyhow::Result<Self> {
         let reader = Reader::attach(bus, name, options)?;
-        Ok(Self { reader, logged, ended: false, channel: 0, sequence: 0 })
+        Ok(Self { reader, logged, ended: false, channels: HashMap::new() })
     }
 
     /// Whether recording waits for this channel to end.
@@ -99,18 +106,12 @@ impl StageRecorder {
             stage: self.stage.clone(),
             writer,
             connections: HashMap::new(),
+            flows: HashMap::new(),
+            sources: HashSet::new(),
             locals: HashMap::new(),
             attached_ns: self.attached_ns,
             warned: false,
         };
-        for (source, kind) in [
-            (&mut self.events, ControlChannel::ConnectionEvents),
-            (&mut self.stats, ControlChannel::SocketStats),
-        ] {
-            if let Some(source) = source.as_mut().filter(|s| s.logged) {
-                source.channel = lock(&log.writer).add_control_channel(&self.stage, kind)?;
-            }
-        }
         while !stop.is_stopped() && self.recording() {
             self.step(&mut log)?;
             lock(&log.writer).flush_if_due()?;
@@ -150,7 +151,7 @@ impl StageRecorder {
     }
 }
 
-/// A connection's channel in the file.
+/// A connection's (or a datagram flow's) channel in the file.
 struct ConnectionChannel {
     channel: u16,
     sequence: u32,
@@ -162,6 +163,10 @@ struct StageLog {
     writer: Arc<Mutex<McapWriter>>,
     /// By connection id.
     connections: HashMap<u64, ConnectionChannel>,
+    /// Datagram channels, by source, destination and truncation.
+    flows: HashMap<DatagramFlow, ConnectionChannel>,
+    /// Datagram sources seen: one topic each.
+    sources: HashSet<SocketAddr>,
     /// Local addresses from `Connected` events, by connection id.
     locals: HashMap<u64, SocketAddr>,
     /// Control records of earlier times are history: not logged.
@@ -179,9 +184,17 @@ impl StageLog {
                 // A lossy reader's payload is a copy shm-bus validated before
                 // delivery; a gated reader's cannot change under it (invalid
                 // only if its slot was reaped): write either straight out.
-                match sample.is_valid().then(|| sample.payload()) {
-                    Some(group) => self.write_group(group, publish_time, lost, events)?,
-                    None => lock(&self.writer).count_lost(lost + 1),
+                match (sample.is_valid().then(|| sample.payload()), sample.kind()) {
+                    (None, _) => lock(&self.writer).count_lost(lost + 1),
+                    (Some(group), records::KIND_PACKET_GROUP) => {
+                        self.write_group(group, publish_time, lost, events)?
+                    }
+                    (Some(group), records::KIND_DATAGRAM_GROUP) => self.write_datagram_group(group, lost)?,
+                    (Some(_), kind) => {
+                        lock(&self.writer).count_lost(lost);
+                        let channel = engine::channel_name(&self.stage, engine::PACKET_GROUP);
+                        self.skip(&channel, &format!("record kind {kind} is not a packet or datagram group"));
+                    }
                 }
             }
             // Connection ids start again with the new producer.
@@ -229,6 +242,45 @@ impl StageLog {
         Ok(())
     }
 
+    /// Writes each datagram of `group` on the channel of its source,
+    /// destination and truncation; `lost` groups were lost right before it.
+    /// A datagram's log time is the kernel's receive time when the engine
+    /// has it, else the engine's; its publish time is the engine's.
+    fn write_datagram_group(&mut self, group: &[u8], lost: u64) -> anyhow::Result<()> {
+        let datagrams = match records::decode_datagram_group(group) {
+            Ok(datagrams) => datagrams,
+            Err(e) => {
+                lock(&self.writer).count_lost(lost);
+                self.skip(&engine::channel_name(&self.stage, engine::PACKET_GROUP), &e);
+                return Ok(());
+            }
+        };
+        let mut writer = lock(&self.writer);
+        writer.count_group(lost);
+        for datagram in datagrams {
+            let meta = &datagram.meta;
+            // An all-zero destination: the kernel did not say (RECORDS.md §8).
+            let destination = (meta.destination.ip != [0; 16]).then(|| SocketAddr::from(meta.destination));
+            let flow = DatagramFlow { source: meta.source.into(), destination, truncated: meta.truncated() };
+            let channel = match self.flows.entry(flow) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let new_source = self.sources.insert(flow.source);
+                    let channel = writer.add_datagram_channel(&self.stage, &flow, new_source)?;
+                    entry.insert(ConnectionChannel { channel, sequence: 0 })
+                }
+            };
+            let header = MessageHeader {
+                channel_id: channel.channel,
+                sequence: next(&mut channel.sequence),
+                log_time: meta.kernel_time().map_or(meta.rx_realtime_ns, |(kernel_ns, _)| kernel_ns),
+                publish_time: meta.rx_realtime_ns,
+            };
+            writer.write_datagram(&header, datagram.data, flow.truncated)?;
+        }
+        Ok(())
+    }
+
     /// Adds the channel of a connection seen for the first time.
     fn open_connection(&mut self, meta: &PacketMeta, events: Option<&mut Source>) -> anyhow::Result<()> {
         let id = meta.connection_id;
@@ -267,7 +319,8 @@ impl StageLog {
             }
             None => return Ok(false),
         };
-        let decoded = ControlRecord::decode(kind, sample.payload());
+        let record_kind = sample.kind();
+        let decoded = ControlRecord::decode(kind, record_kind, sample.payload());
         // Decoding copied what it needs: a lossy reader checks now whether
         // the record was overwritten meanwhile.
         let valid = sample.is_valid();
@@ -288,19 +341,26 @@ impl StageLog {
             self.locals.insert(id, local);
         }
         if source.logged && record.time_ns >= self.attached_ns {
+            let mut writer = lock(&self.writer);
+            let (channel_id, sequence) = match source.channels.entry(record_kind) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    entry.insert((writer.add_control_channel(&self.stage, kind, record_kind)?, 0))
+                }
+            };
             let header = MessageHeader {
-                channel_id: source.channel,
-                sequence: next(&mut source.sequence),
+                channel_id: *channel_id,
+                sequence: next(sequence),
                 log_time: record.time_ns,
                 publish_time,
             };
-            lock(&self.writer).write_json(&header, &record.json)?;
+            writer.write_json(&header, &record.json)?;
         }
         Ok(true)
     }
 
     /// Counts a record that does not decode; says so the first time.
-    fn skip(&mut self, channel: &str, error: &records::DecodeError) {
+    fn skip(&mut self, channel: &str, error: &dyn Display) {
         if !self.warned {
             eprintln!("ringest log: skipping undecodable records of {channel}, the first: {error}");
             self.warned = true;
@@ -319,7 +379,7 @@ struct ControlRecord {
 }
 
 impl ControlRecord {
-    fn decode(kind: ControlChannel, payload: &[u8]) -> Result<Self, records::DecodeError> {
+    fn decode(kind: ControlChannel, record_kind: u16, payload: &[u8]) -> Result<Self, records::DecodeError> {
         Ok(match kind {
             ControlChannel::ConnectionEvents => {
                 let event = records::decode::<ConnectionEvent>(payload)?;
@@ -330,6 +390,10 @@ impl ControlRecord {
                     ConnectionEvent::Disconnected { time_ns, .. } => (*time_ns, None),
                 };
                 Self { json: json::connection_event(&event), time_ns, connected }
+            }
+            ControlChannel::SocketStats if record_kind == records::KIND_UDP_SOCKET_STATS => {
+                let stats = records::decode::<UdpSocketStats>(payload)?;
+                Self { json: json::udp_socket_stats(&stats), time_ns: stats.time_ns, connected: None }
             }
             ControlChannel::SocketStats => {
                 let stats = records::decode::<SocketStats>(payload)?;
