@@ -3,7 +3,7 @@
 //! receiving half asks for) and the receiving half (a scoped thread:
 //! the peer's frames, records published locally).
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::export::Exports;
 use crate::import::{ImportError, Imports};
 use crate::status::BridgeStatus;
+use crate::tls;
 use crate::wire::{self, Control, Incoming};
 
 /// Buffer of the receiving half's reads.
@@ -67,23 +68,33 @@ enum FromReceiver {
 
 /// Runs one link until it breaks, the peer closes it, `superseded` says a
 /// newer connection replaces it, or the bridge stops. Returns why it ended.
+/// `tls`: the connection whose handshake is done on `stream`; none: the
+/// link is plaintext.
 pub(crate) fn run(
     stream: TcpStream,
+    tls: Option<rustls::Connection>,
     peer: SocketAddr,
     ctx: &LinkContext<'_>,
     exports: &mut Exports,
     imports: &mut Imports,
     superseded: &mut dyn FnMut() -> bool,
 ) -> String {
-    let setup = || -> io::Result<TcpStream> {
+    let setup = || -> io::Result<(TcpStream, TcpStream)> {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(ctx.heartbeat_timeout))?;
         stream.set_read_timeout(Some(ctx.heartbeat_timeout))?;
-        stream.try_clone()
+        Ok((stream.try_clone()?, stream.try_clone()?))
     };
-    let incoming = match setup() {
-        Ok(incoming) => incoming,
+    let (incoming, outgoing) = match setup() {
+        Ok(halves) => halves,
         Err(e) => return format!("setting up the connection: {e}"),
+    };
+    let (incoming, mut outgoing): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match tls {
+        Some(connection) => {
+            let (reader, writer) = tls::split(connection, incoming, outgoing);
+            (Box::new(reader), Box::new(writer))
+        }
+        None => (Box::new(incoming), Box::new(outgoing)),
     };
     exports.begin_link();
     imports.begin_link();
@@ -98,7 +109,7 @@ pub(crate) fn run(
         if let Err(e) = receiver {
             return format!("starting the receiving thread: {e}");
         }
-        let why = send(&stream, peer, ctx, exports, &from_receiver, &last_heard, superseded);
+        let why = send(&mut outgoing, peer, ctx, exports, &from_receiver, &last_heard, superseded);
         link_over.store(true, Ordering::Relaxed);
         // Wakes the receiving half from its read.
         let _ = stream.shutdown(Shutdown::Both);
@@ -108,7 +119,7 @@ pub(crate) fn run(
 
 /// The sending half; returns why the link ended.
 fn send(
-    stream: &TcpStream,
+    writer: &mut dyn Write,
     peer: SocketAddr,
     ctx: &LinkContext<'_>,
     exports: &mut Exports,
@@ -117,11 +128,16 @@ fn send(
     superseded: &mut dyn FnMut() -> bool,
 ) -> String {
     let mut out = Vec::with_capacity(WRITE_BATCH + (64 << 10));
-    let mut writer = stream;
     wire::put_control(
         &mut out,
         &Control::Hello { lossy: !ctx.lossless, window: ctx.window, name: ctx.name.into() },
     );
+    // At once, whatever the receiving half finds: a peer that is refused
+    // still learns what this side speaks.
+    if let Err(e) = writer.write_all(&out) {
+        return receiver_reason(from_receiver).unwrap_or_else(|| format!("sending: {e}"));
+    }
+    out.clear();
     // The peer's window: nothing is sent before its HELLO.
     let mut window = 0u64;
     let mut next_ping = Instant::now();
@@ -160,7 +176,7 @@ fn send(
         }
         if !out.is_empty() {
             if let Err(e) = writer.write_all(&out) {
-                return format!("sending: {e}");
+                return receiver_reason(from_receiver).unwrap_or_else(|| format!("sending: {e}"));
             }
             out.clear();
         }
@@ -183,6 +199,18 @@ fn send(
             Err(RecvTimeoutError::Disconnected) => return "the receiving half ended".into(),
         }
     }
+}
+
+/// Why the receiving half ended the link, if it does so soon: a failed
+/// write is often the echo of what the peer said (its CLOSE, a TLS alert).
+fn receiver_reason(from_receiver: &mpsc::Receiver<FromReceiver>) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while let Ok(event) = from_receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if let FromReceiver::Ended(why) = event {
+            return Some(why);
+        }
+    }
+    None
 }
 
 /// Acts on what the receiving half said; `Err`: the link is over.
@@ -224,7 +252,7 @@ fn publish_status(ctx: &LinkContext<'_>, exports: &Exports) {
 
 /// The receiving half; returns why the link ended.
 fn receive(
-    incoming: TcpStream,
+    incoming: Box<dyn Read + Send>,
     ctx: &LinkContext<'_>,
     imports: &mut Imports,
     to_sender: &mpsc::Sender<FromReceiver>,
@@ -239,6 +267,11 @@ fn receive(
     let heard = || last_heard.store(ctx.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let send = |event| to_sender.send(event).map_err(|_| "the sending half ended".to_owned());
     let result = (|| -> Result<String, String> {
+        if let Ok(first) = stream.fill_buf()
+            && tls::looks_like_tls(first)
+        {
+            return Err("the peer speaks TLS, and this bridge has no [bridge.tls]".into());
+        }
         loop {
             let frame = match wire::read_frame(&mut stream, &mut scratch) {
                 Ok(frame) => frame,
@@ -253,6 +286,9 @@ fn receive(
                 Incoming::Control(Control::Hello { window, lossy, name }) if !hello => {
                     hello = true;
                     send(FromReceiver::Hello { window, lossy, name })?;
+                }
+                Incoming::Control(Control::Close { reason }) if !hello => {
+                    return Err(format!("the peer refused the link: {reason}"));
                 }
                 _ if !hello => return Err("the peer's first frame is not HELLO".into()),
                 Incoming::Control(Control::Hello { .. }) => return Err("a second HELLO".into()),

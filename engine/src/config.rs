@@ -434,6 +434,31 @@ pub struct BridgeConfig {
     /// connection is dropped and made again (more than `keepalive_ms`, at
     /// most 600_000).
     pub heartbeat_timeout_ms: u64,
+    /// TLS for the link (`[bridge.tls]`); absent: plaintext.
+    pub tls: Option<BridgeTlsConfig>,
+}
+
+/// A bridge's TLS (`[bridge.tls]`, rustls): certificates and keys are PEM
+/// files, read when the bridge starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeTlsConfig {
+    /// This side's certificate chain (PEM, its own certificate first).
+    /// Required when listening; when connecting, presented to a peer that
+    /// asks for a client certificate.
+    pub certificate: Option<PathBuf>,
+    /// The private key of `certificate` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// The CA certificates (PEM) that the peer's certificate must be signed
+    /// by. Required when connecting, and when listening with
+    /// `require_client_cert`.
+    pub ca: Option<PathBuf>,
+    /// A listening bridge refuses a peer without a certificate signed by
+    /// `ca` (mutual TLS).
+    pub require_client_cert: bool,
+    /// When connecting: the name (DNS name or IP address) the peer's
+    /// certificate must carry; default: the host of `connect`.
+    pub server_name: Option<String>,
 }
 
 impl Default for BridgeConfig {
@@ -451,6 +476,7 @@ impl Default for BridgeConfig {
             reconnect_backoff_max_ms: 5000,
             keepalive_ms: 1000,
             heartbeat_timeout_ms: 5000,
+            tls: None,
         }
     }
 }
@@ -506,8 +532,78 @@ impl BridgeConfig {
             );
             return Err(invalid("heartbeat_timeout_ms", message));
         }
+        if let Some(tls) = &self.tls {
+            tls.validate(self.listen.is_some()).map_err(|e| e.within("tls"))?;
+        }
         Ok(())
     }
+}
+
+impl BridgeTlsConfig {
+    /// Checks which files a listening or connecting side needs, and that
+    /// each names a readable file with a PEM block of the right kind (the
+    /// bridge parses them when it starts).
+    fn validate(&self, listening: bool) -> Result<(), ConfigError> {
+        let needed = |key: &str, why: &str| invalid(key, format!("required: {why}"));
+        if listening {
+            if self.certificate.is_none() {
+                return Err(needed("certificate", "a listening bridge presents its certificate (PEM file)"));
+            }
+            if self.require_client_cert && self.ca.is_none() {
+                return Err(needed(
+                    "ca",
+                    "require_client_cert checks the peer's certificate against these CAs",
+                ));
+            }
+            if self.server_name.is_some() {
+                return Err(invalid("server_name", "only for a connecting bridge (the name it expects)"));
+            }
+        } else {
+            if self.ca.is_none() {
+                return Err(needed(
+                    "ca",
+                    "a connecting bridge checks the peer's certificate against these CAs",
+                ));
+            }
+            if self.require_client_cert {
+                return Err(invalid("require_client_cert", "only for a listening bridge"));
+            }
+            if let Some(name) = &self.server_name
+                && (name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/'))
+            {
+                return Err(invalid(
+                    "server_name",
+                    format!("must be a DNS name or IP address, got {name:?}"),
+                ));
+            }
+        }
+        match (&self.certificate, &self.key) {
+            (Some(_), None) => return Err(needed("key", "the private key of certificate")),
+            (None, Some(_)) => return Err(needed("certificate", "the certificate of key")),
+            _ => {}
+        }
+        let files = [("certificate", &self.certificate, "CERTIFICATE"), ("key", &self.key, "PRIVATE KEY")];
+        for (key, path, label) in files.into_iter().chain([("ca", &self.ca, "CERTIFICATE")]) {
+            if let Some(path) = path {
+                check_pem_file(path, label).map_err(|message| invalid(key, message))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `path` is a readable file holding a PEM block whose label
+/// ends with `label` (`CERTIFICATE`, or `PRIVATE KEY` of any kind).
+fn check_pem_file(path: &Path, label: &str) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    let found = text.lines().any(|line| {
+        line.trim_end()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+            .is_some_and(|found| found.ends_with(label))
+    });
+    if found { Ok(()) } else { Err(format!("{} holds no PEM {label} block", path.display())) }
 }
 
 /// Why a configuration was not loaded.
@@ -1306,8 +1402,28 @@ keepalive_s = 0
 # Milliseconds between heartbeats, 10..=60000.
 # keepalive_ms = 1000
 # Milliseconds without a word from the peer after which the connection is
-# made again, more than keepalive_ms, at most 600000.
+# made again, more than keepalive_ms, at most 600000 (a TLS handshake has as
+# long).
 # heartbeat_timeout_ms = 5000
+# TLS (rustls) for the link; without this table the link is plaintext, and a
+# bridge listening on an address other than loopback warns at start. PEM
+# files, read at start. A listening bridge needs certificate and key; a
+# connecting one needs ca (and certificate and key when the listener
+# requires client certificates). A peer whose certificate is not signed by
+# ca, one without a certificate where one is required, and a plaintext peer
+# are refused, with one line logged on each side.
+# [bridge.tls]
+# This side's certificate chain, its own certificate first.
+# certificate = "/etc/ringest/this-host.pem"
+# Its private key (PKCS#8, PKCS#1 or SEC1).
+# key = "/etc/ringest/this-host.key"
+# The CA certificates that sign the peer's certificate.
+# ca = "/etc/ringest/ca.pem"
+# Listening only: refuse peers without a certificate signed by ca (mutual TLS).
+# require_client_cert = false
+# Connecting only: the name the peer's certificate must carry (default: the
+# host of connect).
+# server_name = "sensor-host"
 "#;
 
 #[cfg(test)]
@@ -1848,6 +1964,7 @@ mod tests {
                 reconnect_backoff_max_ms: 20,
                 keepalive_ms: 50,
                 heartbeat_timeout_ms: 400,
+                tls: None,
             }],
         };
         assert_eq!(EngineConfig::from_toml_str(text).unwrap(), expected);
@@ -1917,8 +2034,10 @@ mod tests {
             keys_of::<TcpClientConfig>(),
             keys_of::<UdpConfig>(),
             keys_of::<BridgeConfig>(),
+            keys_of::<BridgeTlsConfig>(),
         ];
-        for key in keys.concat() {
+        assert!(text.contains("\n# [bridge.tls]\n"));
+        for key in keys.concat().into_iter().filter(|key| *key != "tls") {
             assert!(
                 text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
                 "{key}"
@@ -1940,7 +2059,10 @@ mod tests {
                     .split_once(" = ")
                     .is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
         };
-        let uncommented: Vec<&str> = default_config_toml()
+        // The TLS table, last in the file, names files that do not exist here.
+        let (before_tls, tls) = default_config_toml().split_once("\n# [bridge.tls]\n").unwrap();
+        assert!(tls.lines().all(|line| line.starts_with('#')), "the TLS table is the file's last");
+        let uncommented: Vec<&str> = before_tls
             .lines()
             .map(|line| line.strip_prefix("# ").filter(|rest| is_setting(rest)).unwrap_or(line))
             .collect();
@@ -1999,9 +2121,81 @@ mod tests {
         }
         let covered: Vec<&str> = BRIDGE_RANGES.iter().map(|(key, _, _)| *key).collect();
         for key in keys_of::<BridgeConfig>() {
-            let either = ["listen", "connect"].contains(key);
+            // tls: its own test (it needs files).
+            let either = ["listen", "connect", "tls"].contains(key);
             assert!(covered.contains(key) || either, "bridge.{key} has no range case");
         }
+    }
+
+    #[test]
+    fn bridge_tls_needs_the_files_of_its_side_each_checked_with_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let cert = file("cert.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        let key = file("key.pem", "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n");
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let listen = "[[bridge]]\nlisten = \"127.0.0.1:0\"\n[bridge.tls]\n";
+        let connect = "[[bridge]]\nconnect = \"peer:7500\"\n[bridge.tls]\n";
+        let ok = |text: String| match EngineConfig::from_toml_str(&text) {
+            Ok(config) => config.bridge[0].tls.clone().unwrap(),
+            Err(e) => panic!("{text}: {e}"),
+        };
+        let tls = ok(format!("{listen}certificate = {cert:?}\nkey = {key:?}\n"));
+        assert_eq!(
+            tls,
+            BridgeTlsConfig {
+                certificate: Some(cert.clone().into()),
+                key: Some(key.clone().into()),
+                ..Default::default()
+            }
+        );
+        ok(format!(
+            "{listen}certificate = {cert:?}\nkey = {key:?}\nca = {cert:?}\nrequire_client_cert = true\n"
+        ));
+        ok(format!("{connect}ca = {cert:?}\n"));
+        ok(format!(
+            "{connect}ca = {cert:?}\ncertificate = {cert:?}\nkey = {key:?}\nserver_name = \"a.example\"\n"
+        ));
+        let rejected: [(String, &str, usize, &str); 10] = [
+            (format!("{listen}key = {key:?}\n"), "certificate", 3, "required"),
+            (format!("{listen}certificate = {cert:?}\n"), "key", 3, "required"),
+            (
+                format!("{listen}certificate = {cert:?}\nkey = {key:?}\nrequire_client_cert = true\n"),
+                "ca",
+                3,
+                "required",
+            ),
+            (
+                format!("{listen}certificate = {cert:?}\nkey = {key:?}\nserver_name = \"a\"\n"),
+                "server_name",
+                6,
+                "connecting",
+            ),
+            (format!("{connect}certificate = {cert:?}\nkey = {key:?}\n"), "ca", 3, "required"),
+            (
+                format!("{connect}ca = {cert:?}\nrequire_client_cert = true\n"),
+                "require_client_cert",
+                5,
+                "listening",
+            ),
+            (format!("{connect}ca = {missing:?}\n"), "ca", 4, "cannot read"),
+            (format!("{connect}ca = {key:?}\n"), "ca", 4, "no PEM CERTIFICATE"),
+            (format!("{listen}certificate = {cert:?}\nkey = {cert:?}\n"), "key", 5, "no PEM PRIVATE KEY"),
+            (format!("{connect}ca = {cert:?}\nserver_name = \"a b\"\n"), "server_name", 5, "DNS name"),
+        ];
+        for (text, key, line, words) in rejected {
+            let (error_key, error_line, message) = invalid_parts(EngineConfig::from_toml_str(&text));
+            assert_eq!(error_key, format!("bridge[0].tls.{key}"), "{text}: {message}");
+            assert_eq!(error_line, Some(line), "{text}: {message}");
+            assert!(message.contains(words), "{text}: {message}");
+        }
+        let text = format!("{connect}ca = {cert:?}\ncipher = \"x\"\n");
+        let (error_key, error_line, _) = invalid_parts(EngineConfig::from_toml_str(&text));
+        assert_eq!((error_key.as_str(), error_line), ("bridge[0].tls.cipher", Some(5)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! subcommand's arguments and reports how it ended; each subcommand lives in
 //! the module of its name.
 
+mod bridge_status;
 mod demo;
 mod executors;
 mod flags;
@@ -62,6 +63,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Shows a stage's socket statistics, refreshed every second.
     Stats(stats::StatsArgs),
+    /// Shows a bridge's status: its link and what crossed it, per channel.
+    Bridge(bridge_status::BridgeArgs),
     /// Logs channels to an MCAP file.
     Log(log::LogArgs),
     /// Sends the connections of an MCAP log again over TCP, or the datagrams
@@ -105,6 +108,7 @@ impl Cli {
             Command::Ls(args) => ls::run(args, &bus_dir()),
             Command::Tail(args) => tail::run(args, &bus_dir()),
             Command::Stats(args) => stats::run(args, &bus_dir()),
+            Command::Bridge(args) => bridge_status::run(args, &bus_dir()),
             Command::Log(args) => log::run(args, &bus_dir()),
             Command::Replay(args) => replay::run(args),
             Command::Send(args) => send::run(args, &bus_dir()),

@@ -213,6 +213,7 @@ struct BridgeDescription {
     exports: String,
     imports: String,
     mode: &'static str,
+    security: &'static str,
 }
 
 fn describe_bridge(config: &BridgeConfig) -> BridgeDescription {
@@ -226,7 +227,12 @@ fn describe_bridge(config: &BridgeConfig) -> BridgeDescription {
         BridgeMode::Lossless => "lossless (the exporting ring holds what the peer has not acknowledged)",
         BridgeMode::Lossy => "lossy (skips what the link cannot carry in time, and counts it)",
     };
-    BridgeDescription { peer, exports, imports, mode }
+    let security = match &config.tls {
+        Some(tls) if tls.require_client_cert => "TLS, client certificates required",
+        Some(_) => "TLS",
+        None => "plaintext",
+    };
+    BridgeDescription { peer, exports, imports, mode, security }
 }
 
 fn print_bridge(bridge: &Bridge, described: &BridgeDescription) {
@@ -236,4 +242,5 @@ fn print_bridge(bridge: &Bridge, described: &BridgeDescription) {
     }
     println!("  exports {}; imports as {}", described.exports, described.imports);
     println!("  mode: {}", described.mode);
+    println!("  link: {}; status: ringest bridge status {}", described.security, bridge.name());
 }
