@@ -315,17 +315,19 @@ fn open(bus: &BusDir, file_mode: u32, local: &str, imported: &mut Imported) -> R
         capacity: imported.capacity,
         mode: file_mode,
         generation: Some(imported.generation),
+        // The whole ring is history for a reader that attaches late, as on
+        // the origin's bus (the engine's channels have no hot window
+        // either): a writer that starts over early would keep ~2 MiB.
+        hot_window: 0,
         ..Default::default()
     };
-    let producer = Producer::create(bus, local, options).map_err(|e| e.to_string())?;
+    // The shards start at their numbers from the moment the file appears,
+    // so a reader that follows the re-created channel never sees 0 first
+    // and counts the jump as lost.
+    let producer = Producer::create_from_seq(bus, local, options, &imported.next_seq).map_err(|e| e.to_string())?;
     let mut writers = Vec::with_capacity(imported.shards as usize);
     for shard in 0..imported.shards {
-        let mut writer = producer.shard(shard).map_err(|e| e.to_string())?;
-        let next = imported.next_seq[shard as usize];
-        if next > 0 {
-            writer.skip_to_seq(next);
-        }
-        writers.push(writer);
+        writers.push(producer.shard(shard).map_err(|e| e.to_string())?);
     }
     imported.writers = writers;
     imported.producer = Some(producer);

@@ -326,3 +326,49 @@ fn egress_published_on_the_importing_host_reaches_the_stage_host_unchanged() {
     let names: Vec<String> = shm_bus::list_channels(&bus_b).unwrap().into_iter().map(|l| l.name).collect();
     assert!(!names.iter().any(|n| n.starts_with("a/b/")), "{names:?}");
 }
+
+/// An imported channel keeps (nearly) its capacity of history, as the
+/// origin's does: a reader that attaches on the importing host after
+/// everything crossed still finds all of it. With shm-bus's hot window
+/// (on by default) the importing writer started over once the bridge's
+/// readers kept up, and a late reader found only its last ~2 MiB.
+#[test]
+fn a_late_reader_of_an_imported_channel_finds_its_whole_history() {
+    let (_a_dir, bus_a) = bus();
+    let (_b_dir, bus_b) = bus();
+    let a = Bridge::start(bus_a.clone(), 0o600, listening("a", &["late/*"], "b")).unwrap();
+    let b = Bridge::start(bus_b.clone(), 0o600, connecting("b", a.listening().unwrap(), &[], "a")).unwrap();
+    // 300 records of 20,000 bytes: 6 MB, three quarters of an 8 MiB ring.
+    const RECORDS: u64 = 300;
+    let opts = ChannelOptions { capacity: 8 << 20, hot_window: 0, ..Default::default() };
+    let producer = Producer::create(&bus_a, "late/history", opts).unwrap();
+    let bytes = |seq: u64| -> Vec<u8> { (0..20_000u64).map(|i| (seq * 31 + i * 7) as u8).collect() };
+    let mut writer = producer.shard(0).unwrap();
+    for seq in 0..RECORDS {
+        assert_eq!(writer.write_at(1, 1_000 + seq, &bytes(seq)).unwrap(), seq);
+        writer.publish();
+        // Paced, so that the bridge keeps up (the case the hot window
+        // starts over in).
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.status().imports.get("a/late/history").map(|i| i.records) != Some(RECORDS) {
+        assert!(Instant::now() < deadline, "not everything crossed: {:?}", b.status().imports);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut late = Reader::attach(&bus_b, "a/late/history", ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
+    for seq in 0..RECORDS {
+        match late.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Some(Event::Record(s)) => {
+                assert_eq!((s.seq(), s.lost_before(), s.timestamp_ns()), (seq, 0, 1_000 + seq));
+                assert!(s.payload() == bytes(seq), "record {seq}'s bytes differ");
+            }
+            other => panic!("expected record {seq}, got {other:?}"),
+        }
+    }
+    let shard = &shm_bus::channel_info(&bus_b, "a/late/history").unwrap().shards[0];
+    assert_eq!(shard.start_over_count, 0, "{shard:?}");
+    drop(writer);
+    drop(producer);
+}

@@ -378,9 +378,9 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{file}.tmp.{}.{:x}", std::process::id(), new_generation()))
 }
 
-/// Creates `path` anew with exactly `mode` and `size` zero bytes, fills its
-/// head with `header`, and renames it into place.
-fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), CreateError> {
+/// Creates `path` anew with exactly `mode` and `size` zero bytes, writes
+/// each `(offset, bytes)` of `parts` (headers), and renames it into place.
+fn create_file(path: &Path, mode: u32, size: u64, parts: &[(usize, &[u8])]) -> Result<(), CreateError> {
     let tmp = temp_path(path);
     let result = (|| {
         let file = OpenOptions::new()
@@ -395,7 +395,9 @@ fn create_file(path: &Path, mode: u32, size: u64, header: &[u8]) -> Result<(), C
         file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(create_io("chmod", &tmp))?;
         file.set_len(size).map_err(create_io("resize", &tmp))?;
         let map = Mapping::map(&file, true).map_err(create_io("map", &tmp))?;
-        map.copy_in(0, header);
+        for &(offset, bytes) in parts {
+            map.copy_in(offset, bytes);
+        }
         std::fs::rename(&tmp, path).map_err(create_io("rename into place", path))
     })();
     if result.is_err() {
@@ -447,9 +449,30 @@ fn new_generation() -> u64 {
 }
 
 /// Creates (or re-creates) channel `name` and maps it for its producer.
-pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<ChannelMap, CreateError> {
+/// Shard `k` starts at sequence number `first_seq[k]` (all 0 when `None`):
+/// its header's `records_written` holds it before the file is renamed into
+/// place, so no reader ever sees the shard at 0 and then a jump.
+pub(crate) fn create(
+    bus: &BusDir,
+    name: &str,
+    opts: &ChannelOptions,
+    first_seq: Option<&[u64]>,
+) -> Result<ChannelMap, CreateError> {
     validate_name(name).map_err(|reason| CreateError::InvalidName { name: name.to_owned(), reason })?;
-    opts.validate().map_err(|reason| CreateError::InvalidOptions { name: name.to_owned(), reason })?;
+    let invalid = |reason: String| CreateError::InvalidOptions { name: name.to_owned(), reason };
+    opts.validate().map_err(invalid)?;
+    if let Some(first_seq) = first_seq {
+        if first_seq.len() != opts.shards as usize {
+            return Err(invalid(format!(
+                "{} first sequence numbers for {} shards",
+                first_seq.len(),
+                opts.shards
+            )));
+        }
+        if first_seq.contains(&u64::MAX) {
+            return Err(invalid("first sequence number u64::MAX leaves no room for a record".into()));
+        }
+    }
     let ring_path = bus.ring_path(name);
     let readers_path = bus.readers_path(name);
     prepare_directories(bus, name, opts.mode)?;
@@ -470,7 +493,7 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
     put_u32(&mut rhdr, rh::SHARD_COUNT, opts.shards);
     put_u64(&mut rhdr, rh::GENERATION, generation);
     let readers_size = layout::readers_file_size(opts.shards, opts.reader_slots);
-    create_file(&readers_path, readers_mode, readers_size, &rhdr)?;
+    create_file(&readers_path, readers_mode, readers_size, &[(0, &rhdr)])?;
 
     let mut chdr = vec![0u8; ch::END];
     chdr[ch::MAGIC..ch::MAGIC + 8].copy_from_slice(&RING_MAGIC);
@@ -491,7 +514,14 @@ pub(crate) fn create(bus: &BusDir, name: &str, opts: &ChannelOptions) -> Result<
     put_u64(&mut chdr, ch::PRODUCER_HEARTBEAT_NS, monotonic_ns());
     chdr[ch::NAME..ch::NAME + name.len()].copy_from_slice(name.as_bytes());
     let ring_size = layout::ring_file_size(opts.shards, opts.capacity);
-    create_file(&ring_path, opts.mode, ring_size, &chdr)?;
+    let first_seq: Vec<[u8; 8]> =
+        (0..opts.shards as usize).map(|k| first_seq.map_or(0, |f| f[k]).to_le_bytes()).collect();
+    let mut parts: Vec<(usize, &[u8])> = vec![(0, &chdr)];
+    for (k, seq) in first_seq.iter().enumerate() {
+        let shard_header = PAGE as usize + k * (PAGE + opts.capacity) as usize;
+        parts.push((shard_header + layout::shard_header::RECORDS_WRITTEN, seq));
+    }
+    create_file(&ring_path, opts.mode, ring_size, &parts)?;
 
     // Map what we just renamed into place. A racing producer of the same
     // name would show up as a different generation here.

@@ -77,6 +77,7 @@ impl Model {
             0,
             |_| false,
             self.hot_window,
+            0,
         ))
     }
 

@@ -35,6 +35,8 @@ pub struct Producer {
     taken: Mutex<Vec<bool>>,
     /// See [`ChannelOptions::hot_window`].
     hot_window: u64,
+    /// Per shard, the sequence number of its first record.
+    first_seq: Vec<u64>,
     /// The thread that refreshes the producer's heartbeat in the channel
     /// header (how a producer in another pid namespace tells that this one
     /// is alive), and the sender whose drop stops it.
@@ -51,7 +53,35 @@ impl Producer {
     /// Creates channel `name` in `bus`, replacing the files of a dead
     /// producer. Fails with [`CreateError::Busy`] if a live producer owns it.
     pub fn create(bus: &BusDir, name: &str, opts: ChannelOptions) -> Result<Self, CreateError> {
-        let map = Arc::new(channel::create(bus, name, &opts)?);
+        Self::create_inner(bus, name, opts, None)
+    }
+
+    /// Like [`Producer::create`], but shard `k`'s first record gets
+    /// sequence number `first_seq[k]`: for a producer that continues
+    /// another's sequence (a restarted bridge re-creating an imported
+    /// channel, FORMAT.md §7.1). The shard headers show these numbers
+    /// from the moment the channel appears, so a reader that attaches (or
+    /// follows the replacement) before the first record expects them; with
+    /// [`Producer::create`] and [`ShardWriter::skip_to_seq`] it could see
+    /// the new channel at 0 and count the jump as lost.
+    /// [`CreateError::InvalidOptions`] unless there is one number per shard,
+    /// none of them `u64::MAX`.
+    pub fn create_from_seq(
+        bus: &BusDir,
+        name: &str,
+        opts: ChannelOptions,
+        first_seq: &[u64],
+    ) -> Result<Self, CreateError> {
+        Self::create_inner(bus, name, opts, Some(first_seq))
+    }
+
+    fn create_inner(
+        bus: &BusDir,
+        name: &str,
+        opts: ChannelOptions,
+        first_seq: Option<&[u64]>,
+    ) -> Result<Self, CreateError> {
+        let map = Arc::new(channel::create(bus, name, &opts, first_seq)?);
         let (stop, stopped) = mpsc::channel::<()>();
         let words = map.words.clone();
         let beat = move || {
@@ -70,6 +100,7 @@ impl Producer {
             map,
             name: name.to_owned(),
             taken: Mutex::new(vec![false; opts.shards as usize]),
+            first_seq: first_seq.map_or_else(|| vec![0; opts.shards as usize], <[u64]>::to_vec),
             hot_window: opts.hot_window,
             heartbeat: Some((stop, thread)),
         })
@@ -108,6 +139,7 @@ impl Producer {
             index as usize,
             liveness::slot_holder_dead,
             self.hot_window,
+            self.first_seq[index as usize],
         );
         Ok(ShardWriter { core, map: self.map.clone(), shard: index })
     }

@@ -114,7 +114,10 @@ pub enum Event<'r> {
     /// The next record.
     Record(Sample<'r>),
     /// A new producer replaced the channel; the reader reattached and will
-    /// deliver the new producer's records from its oldest.
+    /// deliver the new producer's records from its oldest. When the new
+    /// channel has the generation of the old one (a bridge re-created a
+    /// republished channel), each shard's sequence continues the old one:
+    /// [`Sample::lost_before`] counts what the new channel lacks of it.
     Restarted { generation: u64 },
     /// The producer ended the channel and every record has been read. Keeps
     /// being returned until a new producer starts.
@@ -602,7 +605,17 @@ impl Reader {
         if replaced {
             let map = channel::attach(&self.bus, &self.name, access(self.opts))?;
             let opts = ReaderOptions { start: StartAt::Oldest, ..self.opts };
-            let (cursors, slot) = register(&map, opts)?;
+            let (mut cursors, slot) = register(&map, opts)?;
+            if map.geometry.generation == self.generation() && cursors.len() == self.cursors.len() {
+                // The same generation re-created (a restarted bridge): its
+                // sequence continues ours, whatever the new file showed at
+                // the moment we attached, so only a real jump counts.
+                for (new, old) in cursors.iter_mut().zip(&self.cursors) {
+                    if old.next_seq() != u64::MAX {
+                        new.expect_seq(old.next_seq());
+                    }
+                }
+            }
             if let Some(old) = self.slot.take() {
                 self.map.slots.free(&old, monotonic_ns());
             }

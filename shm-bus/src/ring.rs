@@ -1104,7 +1104,9 @@ pub(crate) struct WriterCore {
 }
 
 impl WriterCore {
-    /// A writer for a freshly created shard (all positions zero).
+    /// A writer for a freshly created shard (all positions zero), whose
+    /// first record gets sequence number `first_seq` (the shard header's
+    /// `records_written` as created).
     pub(crate) fn new(
         shard: ShardMem,
         slots: Slots,
@@ -1112,6 +1114,7 @@ impl WriterCore {
         shard_index: usize,
         is_dead: fn(&SlotSnapshot) -> bool,
         hot_window: u64,
+        first_seq: u64,
     ) -> Self {
         // With a hot window the tail runs ahead by less: a stalled lossy
         // reader it passes is lapped, however little was overwritten.
@@ -1135,7 +1138,7 @@ impl WriterCore {
             full: false,
             refused_in_a_row: 0,
             seen_registrations: u64::MAX,
-            next_seq: 0,
+            next_seq: first_seq,
             bytes_committed: 0,
             payload_committed: 0,
             last_record_pos: u64::MAX,
@@ -1888,6 +1891,15 @@ impl CursorCore {
             }
         }
         Ok(())
+    }
+
+    /// Expects sequence number `next_seq` at the next record, as for a
+    /// reader that follows a replacement of the same generation (a
+    /// republished channel re-created, FORMAT.md §6.8): a first record
+    /// above it counts the difference as lost, one below it nothing.
+    pub(crate) fn expect_seq(&mut self, next_seq: u64) {
+        self.next_seq = next_seq;
+        self.delivered_any = false;
     }
 
     /// Moves past `head` (returned by the last `peek`).

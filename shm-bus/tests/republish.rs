@@ -150,3 +150,113 @@ fn a_holding_reader_keeps_records_until_released_and_rewinds_to_the_release() {
     reader.rewind().unwrap();
     assert_eq!(next_record(&mut reader).0, 10);
 }
+
+/// A restarted bridge re-creates its imported channel under the origin's
+/// generation and continues the sequence. A gated reader that follows the
+/// new file before the new producer set its first sequence number (the
+/// window between creating the channel and `skip_to_seq`) must not count
+/// the sequence numbers it already had as lost.
+#[test]
+fn a_reader_following_a_same_generation_replacement_counts_no_loss_for_the_sequence_it_had() {
+    let (_dir, bus) = bus();
+    let opts = ChannelOptions { generation: Some(77), capacity: 1 << 16, ..Default::default() };
+    let first = Producer::create(&bus, "r/window", opts).unwrap();
+    let mut writer = first.shard(0).unwrap();
+    writer.skip_to_seq(314);
+    for i in 0..340u32 {
+        writer.write(1, &i.to_le_bytes()).unwrap();
+    }
+    writer.publish();
+    let mut reader = Reader::attach(&bus, "r/window", ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
+    for i in 0..340u64 {
+        let (seq, lost, _, _) = next_record(&mut reader);
+        assert_eq!((seq, lost), (314 + i, 0));
+    }
+    let next = writer.next_seq();
+    assert_eq!(next, 654);
+    // The importer is killed: its file stays LIVE, its records all read.
+    std::mem::forget(writer);
+    std::mem::forget(first);
+
+    // Its successor creates the channel; the reader follows at once.
+    let second = Producer::create(&bus, "r/window", opts).unwrap();
+    match reader.recv_timeout(Duration::from_secs(5)).unwrap() {
+        Some(Event::Restarted { generation }) => assert_eq!(generation, 77),
+        other => panic!("expected the restart, got {other:?}"),
+    }
+    let mut writer = second.shard(0).unwrap();
+    writer.skip_to_seq(next);
+    writer.send(1, b"resumed").unwrap();
+    let (seq, lost, payload, _) = next_record(&mut reader);
+    assert_eq!((seq, lost, payload.as_slice()), (654, 0, &b"resumed"[..]));
+    // A real gap after the resume still counts.
+    writer.skip_to_seq(660);
+    writer.send(1, b"after a gap").unwrap();
+    assert_eq!(next_record(&mut reader).1, 5);
+    assert_eq!(reader.stats().lost, 5);
+}
+
+/// What the replacement lacks of the sequence the reader had is lost, and
+/// counted: the expectation carries over a same-generation replacement.
+#[test]
+fn records_missing_between_the_old_file_and_its_same_generation_replacement_count_as_lost() {
+    let (_dir, bus) = bus();
+    let opts = ChannelOptions { generation: Some(78), capacity: 1 << 16, shards: 2, ..Default::default() };
+    let first = Producer::create(&bus, "r/gap", opts).unwrap();
+    let (mut w0, mut w1) = (first.shard(0).unwrap(), first.shard(1).unwrap());
+    w0.send(1, b"a").unwrap();
+    w1.send(1, b"b").unwrap();
+    let mut reader = Reader::attach(&bus, "r/gap", ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
+    next_record(&mut reader);
+    next_record(&mut reader);
+    drop((w0, w1));
+    drop(first);
+
+    // Shard 0 resumes 3 records later, shard 1 where it was.
+    let second = Producer::create_from_seq(&bus, "r/gap", opts, &[4, 1]).unwrap();
+    let (mut w0, mut w1) = (second.shard(0).unwrap(), second.shard(1).unwrap());
+    w0.write_at(1, 10, b"c").unwrap();
+    w1.write_at(1, 11, b"d").unwrap();
+    w0.publish();
+    w1.publish();
+    loop {
+        match reader.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Some(Event::Restarted { generation }) => break assert_eq!(generation, 78),
+            Some(Event::Ended) => continue, // the first producer ended before the second started
+            other => panic!("expected the restart, got {other:?}"),
+        }
+    }
+    let got: Vec<_> = (0..2).map(|_| next_record(&mut reader)).map(|(s, l, p, _)| (s, l, p)).collect();
+    assert_eq!(got, [(4, 3, b"c".to_vec()), (1, 0, b"d".to_vec())]);
+}
+
+/// A producer can create a channel whose shards start at given sequence
+/// numbers: the shard headers show them from the start, so no reader ever
+/// sees the channel at 0 and then a jump.
+#[test]
+fn a_channel_created_from_given_sequence_numbers_shows_them_before_any_record() {
+    let (_dir, bus) = bus();
+    let opts = ChannelOptions { generation: Some(79), capacity: 1 << 16, shards: 2, ..Default::default() };
+    let producer = Producer::create_from_seq(&bus, "r/from", opts, &[654, 10]).unwrap();
+    let info = channel_info(&bus, "r/from").unwrap();
+    assert_eq!(info.shards.iter().map(|s| s.records_written).collect::<Vec<_>>(), [654, 10]);
+    // A reader that attaches to the empty channel expects those numbers.
+    let mut reader = Reader::attach(&bus, "r/from", ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
+    let mut writer = producer.shard(0).unwrap();
+    assert_eq!(writer.next_seq(), 654);
+    assert_eq!(writer.send(1, b"x").unwrap(), 654);
+    let (seq, lost, _, _) = next_record(&mut reader);
+    assert_eq!((seq, lost), (654, 0));
+    let mut other = producer.shard(1).unwrap();
+    assert_eq!(other.send(1, b"y").unwrap(), 10);
+    let (seq, lost, _, _) = next_record(&mut reader);
+    assert_eq!((seq, lost), (10, 0));
+    assert_eq!(reader.stats().lost, 0);
+
+    for bad in [&[1u64][..], &[1, 2, 3], &[u64::MAX, 0]] {
+        match Producer::create_from_seq(&bus, "r/bad", opts, bad) {
+            Err(CreateError::InvalidOptions { reason, .. }) => assert!(reason.contains("sequence"), "{reason}"),
+            other => panic!("{bad:?} accepted: {other:?}"),
+        }
+    }
+}
