@@ -337,8 +337,6 @@ fn eight_connections_cross_the_bridge_byte_for_byte() {
 }
 
 #[test]
-#[ignore = "about 1 run in 4, a gated reader of the importing host reports losses (lost_before) after its \
-            bridge restarts although every byte arrives: shm-bus's replaced-channel path, being fixed"]
 fn every_byte_crosses_a_lossy_slow_link_that_goes_down_and_bridges_killed_in_turn() {
     let Some(mut setup) = Setup::start("faults", 2) else { return };
     if let Err(e) = setup.hosts.drop_share(2) {
