@@ -324,7 +324,8 @@ fn open(bus: &BusDir, file_mode: u32, local: &str, imported: &mut Imported) -> R
     // The shards start at their numbers from the moment the file appears,
     // so a reader that follows the re-created channel never sees 0 first
     // and counts the jump as lost.
-    let producer = Producer::create_from_seq(bus, local, options, &imported.next_seq).map_err(|e| e.to_string())?;
+    let producer =
+        Producer::create_from_seq(bus, local, options, &imported.next_seq).map_err(|e| e.to_string())?;
     let mut writers = Vec::with_capacity(imported.shards as usize);
     for shard in 0..imported.shards {
         writers.push(producer.shard(shard).map_err(|e| e.to_string())?);

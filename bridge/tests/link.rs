@@ -357,7 +357,8 @@ fn a_late_reader_of_an_imported_channel_finds_its_whole_history() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let mut late = Reader::attach(&bus_b, "a/late/history", ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
+    let mut late =
+        Reader::attach(&bus_b, "a/late/history", ReaderOptions::gated().start(StartAt::Oldest)).unwrap();
     for seq in 0..RECORDS {
         match late.recv_timeout(Duration::from_secs(5)).unwrap() {
             Some(Event::Record(s)) => {

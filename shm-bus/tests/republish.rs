@@ -255,7 +255,9 @@ fn a_channel_created_from_given_sequence_numbers_shows_them_before_any_record() 
 
     for bad in [&[1u64][..], &[1, 2, 3], &[u64::MAX, 0]] {
         match Producer::create_from_seq(&bus, "r/bad", opts, bad) {
-            Err(CreateError::InvalidOptions { reason, .. }) => assert!(reason.contains("sequence"), "{reason}"),
+            Err(CreateError::InvalidOptions { reason, .. }) => {
+                assert!(reason.contains("sequence"), "{reason}")
+            }
             other => panic!("{bad:?} accepted: {other:?}"),
         }
     }
