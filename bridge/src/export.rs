@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use shm_bus::{BusDir, ChannelState, Event, Reader, ReaderOptions, ReleasePoint, StartAt};
 
+use crate::repack;
 use crate::status::ExportStatus;
 use crate::wire::{self, Control, OFFER_RETURN, RECORD_FRAME_OVERHEAD, ResumeAnswer};
 
@@ -71,6 +72,8 @@ struct Exported {
     /// The generation whose end was sent.
     end_sent: Option<u64>,
     counters: ExportStatus,
+    /// A packet group re-packed without slot padding (see `repack`).
+    repacked: Vec<u8>,
 }
 
 /// Every exported channel of a bridge; lives as long as the bridge, across
@@ -179,6 +182,7 @@ impl Exports {
                         in_flight: HashMap::new(),
                         end_sent: None,
                         counters: ExportStatus::default(),
+                        repacked: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -362,6 +366,8 @@ fn pull_channel(
                     }
                     ch.counters.lost += sample.lost_before();
                     let payload = sample.payload();
+                    let payload = repack::compact(&ch.wire_name, sample.kind(), payload, &mut ch.repacked)
+                        .unwrap_or(payload);
                     wire::put_record(out, ch.id, shard, sample.kind(), seq, sample.timestamp_ns(), payload);
                     let frame_bytes = (RECORD_FRAME_OVERHEAD + payload.len()) as u64;
                     ch.counters.records_sent += 1;

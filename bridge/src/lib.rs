@@ -32,6 +32,7 @@
 mod export;
 mod import;
 mod link;
+mod repack;
 mod status;
 mod tls;
 pub mod wire;
