@@ -336,6 +336,20 @@ fn eight_connections_cross_the_bridge_byte_for_byte() {
     assert_eq!((imported.restarts, imported.lost_reported), (0, 0));
 }
 
+/// Waits until B's imported packet channel holds at least `records`.
+fn wait_imported(bus: &BusDir, records: u64) {
+    let channel = format!("{IMPORTED}/packet_group");
+    let deadline = Instant::now() + DEADLINE;
+    let held = || {
+        shm_bus::channel_info(bus, &channel)
+            .map_or(0, |info| info.shards.iter().map(|s| s.records_written).sum())
+    };
+    while held() < records {
+        assert!(Instant::now() < deadline, "no record of {channel} arrived on B");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn every_byte_crosses_a_lossy_slow_link_that_goes_down_and_bridges_killed_in_turn() {
     let Some(mut setup) = Setup::start("faults", 2) else { return };
@@ -349,7 +363,10 @@ fn every_byte_crosses_a_lossy_slow_link_that_goes_down_and_bridges_killed_in_tur
     let reader = read_imported(&setup.bus_b.bus);
     let loadgen =
         setup.loadgen(&["--connections", "8", "--size", "2048", "--rate", "1000", "--seconds", "12"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The link goes down once records crossed (so that its return resumes
+    // inside the stream), however slowly a loaded machine started them.
+    wait_imported(&setup.bus_b.bus, 1);
+    std::thread::sleep(Duration::from_millis(1000));
     setup.hosts.link_down();
     std::thread::sleep(Duration::from_secs(3));
     setup.hosts.link_up();
