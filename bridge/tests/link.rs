@@ -170,8 +170,11 @@ fn records_cross_unchanged_both_ways_with_the_origin_generation() {
     let (gen_lidar, _lidar) = produce(&bus_a, "lidar/points", 2, 1 << 20, 300, Duration::ZERO);
     let (gen_cam, _cam) = produce(&bus_b, "cam/frames", 1, 1 << 20, 200, Duration::from_micros(100));
     let a = Bridge::start(bus_a.clone(), 0o600, listening("a", &["lidar/*"], "b")).unwrap();
-    let b = Bridge::start(bus_b.clone(), 0o600, connecting("b", a.listening().unwrap(), &["cam/*"], "a"))
-        .unwrap();
+    // B's patterns also match what it imports from A (`a/*`): imports must
+    // still never be exported back.
+    let b =
+        Bridge::start(bus_b.clone(), 0o600, connecting("b", a.listening().unwrap(), &["cam/*", "a/*"], "a"))
+            .unwrap();
 
     let mut at_b = attach(&bus_b, "a/lidar/points");
     check_exactly_once(collect(&mut at_b, 600, Duration::from_secs(20)), 2, 300);
@@ -181,8 +184,11 @@ fn records_cross_unchanged_both_ways_with_the_origin_generation() {
     check_exactly_once(collect(&mut at_a, 200, Duration::from_secs(20)), 1, 200);
     assert_eq!(at_a.generation(), gen_cam);
 
-    // What is imported is never exported back.
-    std::thread::sleep(Duration::from_millis(500));
+    // What is imported is never exported back. A channel made on B now
+    // reaches A only after B's exporter scanned its bus, with the import
+    // already there.
+    let (_, _late) = produce(&bus_b, "cam/late", 1, 1 << 16, 1, Duration::ZERO);
+    attach(&bus_a, "b/cam/late");
     let names: Vec<String> = shm_bus::list_channels(&bus_a).unwrap().into_iter().map(|l| l.name).collect();
     assert!(!names.iter().any(|n| n.starts_with("b/a/")), "{names:?}");
     let status = b.status();
