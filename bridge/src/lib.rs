@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use engine::backoff::Backoff;
 use engine::config::{BridgeConfig, BridgeMode};
 use shm_bus::{BusDir, ChannelOptions, Producer};
 
@@ -463,35 +464,4 @@ fn connect_once(address: &str, timeout: Duration) -> io::Result<(TcpStream, Sock
         }
     }
     Err(last)
-}
-
-/// Capped exponential backoff with jitter, as the TCP client stage's: two
-/// restarted peers do not reconnect in lockstep.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        let seed = shm_bus::realtime_ns() ^ (u64::from(std::process::id()) << 32);
-        Self { initial, max, next: initial, rng: seed | 1 }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    /// Uniformly in [next/2, next], then doubles `next` up to the cap.
-    fn delay(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let full = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = full / 2;
-        half + Duration::from_nanos(self.rng % (full - half).as_nanos().max(1) as u64)
-    }
 }

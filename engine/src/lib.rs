@@ -34,6 +34,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod config;
 mod egress;
 mod executor;

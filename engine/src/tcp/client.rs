@@ -15,44 +15,13 @@ use glommio::timer::sleep;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::connection::{self, Executor};
+use crate::backoff::Backoff;
 use crate::config::TcpClientConfig;
 use crate::inbox::NewConnection;
 
 /// What the executor of a client stage needs to connect.
 pub(crate) struct ConnectorSetup {
     pub(crate) config: TcpClientConfig,
-}
-
-/// Capped exponential backoff with jitter, so that many clients of one
-/// restarted server do not reconnect in lockstep.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        let seed = shm_bus::realtime_ns() ^ u64::from(std::process::id()) << 32;
-        Self { initial, max, next: initial, rng: seed | 1 }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    /// The delay before the next attempt: uniformly in [next/2, next], then
-    /// doubles `next` up to the cap.
-    fn delay(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let full = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = full / 2;
-        half + Duration::from_nanos(self.rng % (full - half).as_nanos().max(1) as u64)
-    }
 }
 
 /// Connects, serves the connection until it ends, and connects again;
